@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random BERT/RoBERTa checkpoints saved in the Hugging Face format.
+
+The reference (`transformers`) builds and saves them, so our loader reads exactly what a public
+checkpoint looks like. Nothing here touches the network or ../shared.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64)
+
+
+def hf_config(model_type, **over):
+    import transformers
+    if model_type == "bert":
+        return transformers.BertConfig(**{**TINY, "type_vocab_size": 2, **over})
+    return transformers.RobertaConfig(**{**TINY, "type_vocab_size": 1, "pad_token_id": 1,
+                                         "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-5, **over})
+
+
+def save_tiny(folder, model_type="bert", arch="Model", seed=0, **over):
+    """Save a random transformers model (e.g. arch "ForMultipleChoice") to folder; returns it in eval mode."""
+    import transformers
+    torch.manual_seed(seed)
+    cls = getattr(transformers, ("Bert" if model_type == "bert" else "Roberta") + arch)
+    ref = cls(hf_config(model_type, **over)).eval()
+    # random, non-trivial LayerNorms and biases so that every parameter is exercised
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "LayerNorm" in n or n.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    ref.save_pretrained(folder)
+    return ref
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    save_tiny(folder, "bert")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_roberta")
+    save_tiny(folder, "roberta")
+    return folder
+
+
+def padded_batch(model_type, B=3, T=11, vocab=99, seed=1):
+    """A batch with different real lengths, padded on the right as data.py pads."""
+    g = torch.Generator().manual_seed(seed)
+    pad = 0 if model_type == "bert" else 1
+    ids = torch.randint(3, vocab, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    for b, n in enumerate(range(T, T - 3 * B, -3)):
+        ids[b, n:], mask[b, n:] = pad, 0
+    tt = torch.zeros(B, T, dtype=torch.long)
+    if model_type == "bert":
+        tt[:, T // 2:] = 1
+    return ids, mask, tt
