@@ -1,0 +1,265 @@
+"""prune.py against exact references: linalg.inv, brute-force OBS, torch_prune."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as torch_prune
+
+import prune as P
+import model as M
+from conftest import save_tiny
+
+torch.manual_seed(0)
+f64 = torch.float64
+
+
+def random_grads(m, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, d, generator=g, dtype=f64)
+
+
+def exact_block_fisher(grads, B, damp):
+    """damp*I + (1/m) G^T G per diagonal block (zero-padded), formed explicitly."""
+    m, d = grads.shape
+    pad = (-d) % B
+    G = torch.nn.functional.pad(grads, (0, pad)).view(m, -1, B)            # (m, nb, B)
+    return damp * torch.eye(B, dtype=f64) + torch.einsum("mbi,mbj->bij", G, G) / m
+
+
+@pytest.mark.parametrize("d, B", [(40, 8), (37, 10), (24, 24)])
+def test_woodbury_equals_exact_inverse(d, B):
+    grads = random_grads(16, d)
+    want = torch.linalg.inv(exact_block_fisher(grads, B, 1e-2))
+    got = P.fisher_inverse_blocks(grads, B, 1e-2)
+    assert got.shape == (-(-d // B), B, B)
+    assert torch.allclose(got, want, rtol=1e-8, atol=1e-8)
+    chol = P.fisher_inverse_blocks_cholesky(grads, B, 1e-2)
+    assert torch.allclose(chol, want, rtol=1e-8, atol=1e-8)
+
+
+def test_woodbury_streamed_one_gradient_at_a_time_equals_batch():
+    grads = random_grads(8, 30)
+    finv = P.init_fisher_inverse(30, 10, 1e-3, dtype=f64)
+    for g in grads:
+        P.add_gradient(finv, g, num_grads=8)
+    assert torch.allclose(finv, P.fisher_inverse_blocks(grads, 10, 1e-3))
+
+
+def test_unstructured_score_and_update_equal_brute_force_obs():
+    """One block covering the whole weight, so F^-1 is the exact inverse of the full Fisher."""
+    d = 12
+    w = torch.randn(3, 4, dtype=f64)
+    F = exact_block_fisher(random_grads(20, d), d, 1e-2)[0]
+    Finv = torch.linalg.inv(F)
+    finv = P.fisher_inverse_blocks(random_grads(20, d), d, 1e-2)
+    scores = P.obert_scores(w, finv).flatten()
+    wf = w.flatten()
+    for j in range(d):
+        # brute force: minimise 0.5 dw^T F dw subject to (w + dw)_j = 0, by Lagrange / a linear solve
+        K = torch.zeros(d + 1, d + 1, dtype=f64)
+        K[:d, :d], K[:d, d], K[d, :d] = F, torch.eye(d, dtype=f64)[j], torch.eye(d, dtype=f64)[j]
+        rhs = torch.zeros(d + 1, dtype=f64); rhs[d] = -wf[j]
+        dw = torch.linalg.solve(K, rhs)[:d]
+        assert scores[j].item() == pytest.approx((0.5 * dw @ F @ dw).item(), rel=1e-7)
+        upd = w.clone()
+        pruned = torch.zeros(d, dtype=torch.bool); pruned[j] = True
+        P.obert_update(upd, finv, pruned.view(3, 4))
+        want = wf + dw
+        want[j] = 0.0
+        assert torch.allclose(upd.flatten(), want, atol=1e-8)
+    assert torch.allclose(Finv, finv[0], rtol=1e-8)
+
+
+def test_block4_score_and_update_equal_brute_force_group_obs():
+    d = 16
+    w = torch.randn(2, 8, dtype=f64)
+    grads = random_grads(30, d, seed=3)
+    F = exact_block_fisher(grads, d, 1e-2)[0]
+    finv = P.fisher_inverse_blocks(grads, d, 1e-2)
+    scores = P.obert_scores(w, finv, "4-block").flatten()
+    wf = w.flatten()
+    for q in range(d // 4):
+        Q = list(range(4 * q, 4 * q + 4))
+        # brute force: minimise 0.5 dw^T F dw subject to (w + dw)_Q = 0
+        E = torch.eye(d, dtype=f64)[Q]                                      # (4, d)
+        K = torch.zeros(d + 4, d + 4, dtype=f64)
+        K[:d, :d], K[:d, d:], K[d:, :d] = F, E.T, E
+        rhs = torch.zeros(d + 4, dtype=f64); rhs[d:] = -wf[Q]
+        dw = torch.linalg.solve(K, rhs)[:d]
+        assert torch.allclose(scores[Q], (0.5 * dw @ F @ dw).expand(4), rtol=1e-7)
+        upd = w.clone()
+        pruned = torch.zeros(d, dtype=torch.bool); pruned[Q] = True
+        P.obert_update(upd, finv, pruned.view(2, 8), "4-block")
+        want = wf + dw
+        want[Q] = 0.0
+        assert torch.allclose(upd.flatten(), want, atol=1e-8)
+
+
+def test_quadratic_loss_increase_equals_predicted_score():
+    """L(v) = 0.5 (v - w)^T F (v - w) is minimal at w; pruning j and applying the update costs score_j."""
+    d = 10
+    w = torch.randn(d, dtype=f64)
+    grads = random_grads(25, d, seed=5)
+    F = exact_block_fisher(grads, d, 1e-3)[0]
+    finv = P.fisher_inverse_blocks(grads, d, 1e-3)
+    loss = lambda v: 0.5 * (v - w) @ F @ (v - w)
+    scores = P.obert_scores(w, finv)
+    for j in range(d):
+        v = w.clone()
+        pruned = torch.zeros(d, dtype=torch.bool); pruned[j] = True
+        P.obert_update(v, finv, pruned)
+        assert v[j] == 0.0 and loss(v).item() == pytest.approx(scores[j].item(), rel=1e-7)
+        # and it is optimal: any other change of the remaining weights costs more
+        other = v + 1e-3 * torch.randn(d, dtype=f64) * (~pruned)
+        assert loss(other) > loss(v)
+
+
+def test_update_sums_over_several_pruned_weights_in_a_block():
+    d, B = 20, 10
+    w = torch.randn(d, dtype=f64)
+    finv = P.fisher_inverse_blocks(random_grads(12, d), B, 1e-2)
+    pruned = torch.zeros(d, dtype=torch.bool); pruned[[1, 4, 13]] = True
+    got = w.clone(); P.obert_update(got, finv, pruned)
+    want = w.clone()
+    for j in (1, 4, 13):
+        b, i = divmod(j, B)
+        want[b * B:(b + 1) * B] -= w[j] / finv[b, i, i] * finv[b, :, i]
+    want[pruned] = 0
+    assert torch.allclose(got, want)
+
+
+def test_global_magnitude_equals_torch_prune_global_unstructured():
+    torch.manual_seed(1)
+    layers = [nn.Linear(13, 7), nn.Linear(7, 29), nn.Linear(29, 5)]
+    params = {f"l{i}.weight": l.weight.detach().clone() for i, l in enumerate(layers)}
+    masks = P.magnitude_masks(params, 0.63)
+    torch_prune.global_unstructured([(l, "weight") for l in layers],
+                                             pruning_method=torch_prune.L1Unstructured, amount=0.63)
+    for i, l in enumerate(layers):
+        assert torch.equal(masks[f"l{i}.weight"], l.weight_mask.bool())
+
+
+def test_layer_magnitude_equals_torch_prune_l1_per_layer():
+    torch.manual_seed(2)
+    layers = [nn.Linear(13, 7), nn.Linear(7, 29)]
+    params = {f"l{i}.weight": l.weight.detach().clone() for i, l in enumerate(layers)}
+    masks = P.magnitude_masks(params, 0.4, scope="layer")
+    for i, l in enumerate(layers):
+        torch_prune.l1_unstructured(l, "weight", amount=0.4)
+        assert torch.equal(masks[f"l{i}.weight"], l.weight_mask.bool())
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5, 0.77, 0.9, 0.99])
+def test_exact_count_with_ties_and_deterministic(sparsity):
+    params = {"a": torch.tensor([[0.5, 0.5, 0.1], [0.5, 0.2, 0.5]]), "b": torch.full((4, 5), 0.5),
+              "c": torch.randint(0, 3, (3, 7)).float()}
+    n = sum(p.numel() for p in params.values())
+    m1 = P.magnitude_masks(params, sparsity)
+    m2 = P.magnitude_masks(params, sparsity)
+    assert sum(int((~m).sum()) for m in m1.values()) == round(sparsity * n)
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    # never keeps a smaller magnitude while pruning a larger one
+    kept = torch.cat([p[m].abs() for p, m in zip(params.values(), m1.values())])
+    cut = torch.cat([p[~m].abs() for p, m in zip(params.values(), m1.values())])
+    if len(kept) and len(cut):
+        assert cut.max() <= kept.min()
+
+
+def test_radix_select_matches_kthvalue_on_many_values():
+    x = [torch.rand(1000) * 10 ** torch.randint(-6, 6, (1000,)).float(), torch.rand(3333)]
+    keys = [t.view(torch.int32) for t in x]
+    allx = torch.cat(x)
+    for k in (1, 17, 2000, 4333):
+        v = P.radix_kth_smallest(keys, k)
+        assert torch.tensor(v, dtype=torch.int32).view(torch.float32).item() == torch.kthvalue(allx, k).values.item()
+
+
+def test_pruned_weights_never_revive_and_masks_grow():
+    params = {"w": torch.randn(8, 8)}
+    m1 = P.magnitude_masks(params, 0.5)
+    w = params["w"].clone(); w[~m1["w"]] = 100.0          # try to revive with huge values
+    m2 = P.magnitude_masks({"w": w}, 0.6, masks=m1)
+    assert not (m2["w"] & ~m1["w"]).any() and int((~m2["w"]).sum()) == round(0.6 * 64)
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8)])
+def test_nm_keeps_exactly_n_per_group(n, m):
+    params = {"w": torch.randn(6, 16)}
+    keep = P.magnitude_masks(params, 1 - n / m, pattern=f"{n}:{m}")["w"]
+    assert (keep.view(-1, m).sum(1) == n).all()
+    # the kept ones are the n largest of each group
+    g = params["w"].abs().view(-1, m)
+    assert (g[keep.view(-1, m)].view(-1, n).min(1).values >= g[~keep.view(-1, m)].view(-1, m - n).max(1).values).all()
+    with pytest.raises(ValueError, match="exactly"):
+        P.check_pattern(f"{n}:{m}", 0.8)
+
+
+def test_4block_masks_prune_whole_groups_with_exact_count():
+    params = {"a": torch.randn(4, 16), "b": torch.randn(8, 8)}
+    keep = P.magnitude_masks(params, 0.5, pattern="4-block")
+    for k in keep.values():
+        s = k.view(-1, 4).sum(1)
+        assert ((s == 0) | (s == 4)).all()
+    assert sum(int((~k).sum()) for k in keep.values()) == 64
+
+
+def test_obert_prune_reaches_target_globally_and_keeps_old_masks():
+    torch.manual_seed(3)
+    params = {"a": torch.randn(6, 8), "b": torch.randn(5, 8)}
+    finvs = {n: P.fisher_inverse_blocks(torch.randn(32, w.numel()), 8, 1e-4) for n, w in params.items()}
+    m1 = P.obert_prune(params, finvs, 0.5)
+    assert sum(int((~k).sum()) for k in m1.values()) == round(0.5 * 88)
+    assert all((params[n][~k] == 0).all() for n, k in m1.items())
+    m2 = P.obert_prune(params, finvs, 0.75, masks=m1)
+    assert all(not (m2[n] & ~m1[n]).any() for n in m1)
+    assert sum(int((~k).sum()) for k in m2.values()) == 66
+
+
+def test_twenty_adamw_steps_with_weight_decay_leave_pruned_weights_at_zero():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3))
+    params = dict(net.named_parameters())
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):  # dense steps first, so the moments are non-zero everywhere
+        net(torch.randn(8, 10)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+    weights = {"0.weight": params["0.weight"], "2.weight": params["2.weight"]}
+    masks = P.magnitude_masks(weights, 0.7)
+    P.apply_masks(params, masks); P.zero_optimizer_state(opt, params, masks)
+    for _ in range(20):
+        net(torch.randn(8, 10)).pow(2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step(); opt.zero_grad()
+        P.apply_masks(params, masks); P.zero_optimizer_state(opt, params, masks)
+        for n, k in masks.items():
+            assert (params[n][~k] == 0.0).all()
+            assert (opt.state[params[n]]["exp_avg"][~k] == 0).all()
+
+
+def test_masks_survive_save_and_load(tmp_path):
+    masks = P.magnitude_masks({"x.weight": torch.randn(7, 9), "y.weight": torch.randn(3, 4)}, 0.6)
+    P.save_masks(masks, tmp_path / "masks.safetensors")
+    back = P.load_masks(tmp_path / "masks.safetensors")
+    assert back.keys() == masks.keys() and all(torch.equal(back[k], masks[k]) and back[k].dtype == torch.bool for k in masks)
+
+
+def test_prunable_names_and_report(tmp_path, capsys):
+    save_tiny(tmp_path, "bert")
+    model = M.from_pretrained(tmp_path, head="classification", num_labels=2)
+    names = P.prunable_names(model)
+    assert len(names) == 2 * 6 and all(n.startswith("layers.") and n.endswith(".weight") for n in names)
+    assert set(n.split(".")[2] for n in names) == set(M.ENCODER_LINEARS)
+    assert "embeddings.word.weight" in P.prunable_names(model, embeddings=True)
+    assert "classifier.weight" in P.prunable_names(model, head=True)
+    params = dict(model.named_parameters())
+    masks = P.magnitude_masks({n: params[n] for n in names}, 0.8)
+    P.apply_masks(params, masks)
+    by = P.sparsity_by_component(model)
+    assert by["encoder"] == pytest.approx(0.8, abs=1e-3) and by["head"] < 0.01 and by["embeddings"] < 0.02
+    text = P.sparsity_report(model, masks)
+    assert "layers.0.query.weight" in text and "total encoder" in text
+
+
+def test_cost_table_matches_transformers_parameter_count():
+    import transformers
+    cfg = transformers.BertConfig(**{k: v for k, v in P.BUILTIN["bert-base-uncased"].items()})
+    want = sum(p.numel() for p in transformers.BertForSequenceClassification(cfg).parameters())
+    assert sum(r[1] for r in P.cost_table(P.BUILTIN["bert-base-uncased"])) == want
