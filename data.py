@@ -1,0 +1,441 @@
+"""
+The paper's tasks: loading, tokenization, batching and metrics.
+
+Kurtic, Hoefler & Alistarh (2024) prune RoBERTa-large on the "Sparsity May Cry" tasks
+(CommonsenseQA, WinoGrande; section 5) and BERT-base on the classic benchmarks (SQuAD v1.1,
+MNLI, QQP; section 6). This file turns each into padded batches for model.py and scores the
+predictions exactly as the official scripts do.
+
+  load_split(task, split, data_dir)  -> list of examples, from the released files, Hugging Face
+                                        exports (json/jsonl/parquet), or the hub
+  load_tokenizer(model)              -> tokenizers.Tokenizer with no padding/truncation baked in
+  encode(task, examples, tok, ...)   -> features (token ids per sequence; windows for SQuAD)
+  make_loader(features, ...)         -> DataLoader with dynamic padding and seeded shuffling
+  score(task, examples, features, outputs) -> {"accuracy"} / {"accuracy", "f1"} / {"exact_match", "f1"}
+
+Example forms: multiple choice {"id", "first": [str]*C, "second": [str]*C, "label"};
+classification {"id", "first", "second" (or None), "label"}; span QA {"id", "question",
+"context", "answers": [str], "answer_starts": [int]}. train.py uses `Task.kind` as model.py's head.
+"""
+import collections
+import csv
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class DataError(ValueError):
+    """Malformed or missing data; the message names the file, the record and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str                  # model.py head: multiple_choice, classification, question_answering
+    num_labels: int            # classes, or choices per question
+    max_length: int
+    hub: tuple                 # (dataset id, config or None) for datasets.load_dataset
+    hub_splits: dict           # our split -> the hub's split name
+    files: dict                # our split -> the released file name
+    metric: str
+
+
+TASKS = {t.name: t for t in [
+    Task("csqa", "multiple_choice", 5, 128, ("tau/commonsense_qa", None), {"train": "train", "validation": "validation"},
+         {"train": "train_rand_split.jsonl", "validation": "dev_rand_split.jsonl"}, "accuracy"),
+    Task("winogrande", "multiple_choice", 2, 128, ("allenai/winogrande", "winogrande_xl"),
+         {"train": "train", "validation": "validation"}, {"train": "train_xl.jsonl", "validation": "dev.jsonl"}, "accuracy"),
+    Task("squad", "question_answering", 2, 384, ("rajpurkar/squad", None), {"train": "train", "validation": "validation"},
+         {"train": "train-v1.1.json", "validation": "dev-v1.1.json"}, "squad"),
+    Task("mnli", "classification", 3, 128, ("nyu-mll/glue", "mnli"), {"train": "train", "validation": "validation_matched"},
+         {"train": "train.tsv", "validation": "dev_matched.tsv"}, "accuracy"),
+    Task("qqp", "classification", 2, 128, ("nyu-mll/glue", "qqp"), {"train": "train", "validation": "validation"},
+         {"train": "train.tsv", "validation": "dev.tsv"}, "accuracy_f1"),
+    Task("sst2", "classification", 2, 128, ("nyu-mll/glue", "sst2"), {"train": "train", "validation": "validation"},
+         {"train": "train.tsv", "validation": "dev.tsv"}, "accuracy"),
+]}
+MNLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}   # the hub's GLUE ids
+
+
+# -----------------------------------------------------------------------------
+# Reading records from files (released formats and Hugging Face exports) or the hub.
+
+def read_records(path: Path) -> list[tuple[str, object]]:
+    """(where, record) pairs; `where` is "file:line" or "file:record N" for error messages."""
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty; re-download the dataset file.")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        return [(f"{path}:record {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+    if path.suffix == ".tsv":
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return [(f"{path}:line {i + 2}", r) for i, r in enumerate(rows)]
+    text = path.read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)            # one JSON document: SQuAD's release, or a JSON array
+        if isinstance(whole, dict) and "data" in whole:
+            return [(f"{path}:record {i + 1}", r) for i, r in enumerate(squad_release_records(whole, path))]
+        if isinstance(whole, list):
+            return [(f"{path}:record {i + 1}", r) for i, r in enumerate(whole)]
+    except json.JSONDecodeError:
+        pass
+    out = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                out.append((f"{path}:line {i + 1}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:line {i + 1} is not valid JSON ({e.msg}); fix or re-download the file.")
+    return out
+
+
+def squad_release_records(doc: dict, path) -> list[dict]:
+    """SQuAD v1.1's nested release -> flat records like the hub's: one per question."""
+    out = []
+    for article in doc["data"]:
+        for para in article.get("paragraphs", []):
+            for qa in para.get("qas", []):
+                out.append({"id": qa.get("id"), "question": qa.get("question"), "context": para.get("context"),
+                            "answers": {"text": [a["text"] for a in qa.get("answers", [])],
+                                        "answer_start": [a["answer_start"] for a in qa.get("answers", [])]}})
+    return out
+
+
+def field(rec, key, where, kind=None):
+    if not isinstance(rec, dict) or key not in rec or rec[key] is None:
+        raise DataError(f"{where}: missing field {key!r}; the file is not in the expected format.")
+    if kind is not None and not isinstance(rec[key], kind):
+        raise DataError(f"{where}: field {key!r} should be {kind.__name__}, got {type(rec[key]).__name__}.")
+    return rec[key]
+
+
+def parse_csqa(rec, where):
+    q = field(rec, "question", where)
+    if isinstance(q, dict):        # released: question.stem, question.choices[{label, text}]
+        stem, choices = field(q, "stem", where), field(q, "choices", where, list)
+        labels, texts = [field(c, "label", where) for c in choices], [field(c, "text", where) for c in choices]
+    else:                          # hub: question, choices {label: [...], text: [...]}
+        stem, choices = q, field(rec, "choices", where, dict)
+        labels, texts = field(choices, "label", where), field(choices, "text", where)
+    key = field(rec, "answerKey", where)
+    if key not in labels:
+        raise DataError(f"{where}: answerKey {key!r} is not one of the choices {labels}.")
+    return {"id": rec.get("id", where), "first": [stem] * len(texts), "second": list(texts), "label": labels.index(key)}
+
+
+def parse_winogrande(rec, where):
+    sentence = field(rec, "sentence", where, str)
+    if sentence.count("_") != 1:
+        raise DataError(f"{where}: sentence must contain exactly one '_' blank, found {sentence.count('_')}.")
+    answer = str(field(rec, "answer", where))
+    if answer not in ("1", "2"):
+        raise DataError(f"{where}: answer must be \"1\" or \"2\", got {answer!r}.")
+    # the blank splits the sentence: (prefix, option + rest), one pair per option
+    cut = sentence.index("_")
+    prefix, rest = sentence[:cut].rstrip(), sentence[cut + 1:]
+    options = [field(rec, "option1", where, str), field(rec, "option2", where, str)]
+    return {"id": rec.get("qID", where), "first": [prefix] * 2, "second": [o + rest for o in options],
+            "label": int(answer) - 1}
+
+
+def parse_squad(rec, where):
+    answers = field(rec, "answers", where, dict)
+    texts, starts = field(answers, "text", where, list), field(answers, "answer_start", where, list)
+    context = field(rec, "context", where, str)
+    for t, s in zip(texts, starts):
+        if context[s:s + len(t)] != t:
+            raise DataError(f"{where}: answer {t!r} is not at answer_start {s} of the context.")
+    return {"id": field(rec, "id", where), "question": field(rec, "question", where, str), "context": context,
+            "answers": texts, "answer_starts": starts}
+
+
+def glue_label(value, num_labels, where):
+    if isinstance(value, str) and value in MNLI_LABELS:
+        value = MNLI_LABELS[value]
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        label = -1
+    if not 0 <= label < num_labels:
+        raise DataError(f"{where}: label {value!r} is not one of the {num_labels} classes.")
+    return label
+
+
+def parse_glue(task):
+    # column names: GLUE TSV release first, then the hub's export
+    first_keys, second_keys, label_keys = {
+        "sst2": (("sentence",), (), ("label",)),
+        "qqp": (("question1",), ("question2",), ("is_duplicate", "label")),
+        "mnli": (("sentence1", "premise"), ("sentence2", "hypothesis"), ("gold_label", "label")),
+    }[task.name]
+
+    def pick(rec, keys, where):
+        key = next((k for k in keys if isinstance(rec, dict) and k in rec), keys[0])
+        return field(rec, key, where)
+
+    def parse(rec, where):
+        second = pick(rec, second_keys, where) if second_keys else None
+        return {"id": rec.get("idx", rec.get("id", where)), "first": pick(rec, first_keys, where), "second": second,
+                "label": glue_label(pick(rec, label_keys, where), task.num_labels, where)}
+    return parse
+
+
+def parser(task: Task):
+    return {"csqa": parse_csqa, "winogrande": parse_winogrande, "squad": parse_squad}.get(task.name) or parse_glue(task)
+
+
+def find_file(task: Task, split: str, data_dir: Path) -> Path:
+    folder = data_dir / task.name if (data_dir / task.name).is_dir() else data_dir
+    hub_split = task.hub_splits[split]
+    names = [task.files[split]] + [f"{s}.{ext}" for s in dict.fromkeys((split, hub_split, "dev"))
+                                   for ext in ("jsonl", "json", "parquet")]
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"no {split} file for {task.name} in {folder} (looked for {', '.join(names)}); "
+                    f"pass --data-dir pointing at the released files.")
+
+
+def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
+    """Examples of `split` ("train" or "validation"), from data_dir or, without it, the hub."""
+    parse = parser(task)
+    if data_dir is not None:
+        path = find_file(task, split, Path(data_dir))
+        records = read_records(path)
+    else:
+        try:
+            import datasets
+            ds = datasets.load_dataset(task.hub[0], task.hub[1], split=task.hub_splits[split])
+        except Exception as e:
+            raise DataError(f"could not load {task.hub[0]} from the Hugging Face hub ({type(e).__name__}); "
+                            f"download the released files and pass --data-dir.") from None
+        records = [(f"{task.hub[0]}[{split}] record {i + 1}", r) for i, r in enumerate(ds)]
+    if not records:
+        raise DataError(f"{task.name} {split} has no records; check the file.")
+    return [parse(r, where) for where, r in records]
+
+
+# -----------------------------------------------------------------------------
+# Tokenizers.
+
+def load_tokenizer(model_folder_or_hub_id):
+    """tokenizer.json if present; else WordPiece from vocab.txt; else byte-level BPE from
+    vocab.json + merges.txt with RoBERTa's <s> A </s></s> B </s>. No padding or truncation."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from model import resolve_folder
+    folder = resolve_folder(model_folder_or_hub_id)
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    if (folder / "tokenizer.json").is_file():
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    elif (folder / "vocab.txt").is_file():
+        vocab = {w: i for i, w in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines())}
+        lower = cfg.get("do_lower_case", True)
+        tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lower, strip_accents=cfg.get("strip_accents"))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        tok.decoder = decoders.WordPiece()
+    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=cfg.get("add_prefix_space", False))
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                          ("<s>", tok.token_to_id("<s>")), trim_offsets=True)
+        tok.decoder = decoders.ByteLevel()
+    else:
+        raise DataError(f"{folder} has no tokenizer.json, vocab.txt or vocab.json + merges.txt; "
+                        f"pass a model folder with its tokenizer files.")
+    tok.no_padding()       # padding is per batch (make_loader), truncation per task (encode)
+    tok.no_truncation()
+    return tok
+
+
+def pad_id(tok) -> int:
+    for name in ("[PAD]", "<pad>"):
+        if tok.token_to_id(name) is not None:
+            return tok.token_to_id(name)
+    return 0
+
+
+# -----------------------------------------------------------------------------
+# Encoding examples into features.
+
+def encode_pairs(tok, firsts, seconds, max_length):
+    tok.enable_truncation(max_length, strategy="longest_first")
+    encs = tok.encode_batch(list(zip(firsts, seconds)) if seconds is not None else firsts)
+    tok.no_truncation()
+    return [(e.ids, e.type_ids) for e in encs]
+
+
+def encode(task: Task, examples: list[dict], tok, max_length=None, stride=128) -> list[dict]:
+    """Features: {"input_ids", "token_type_ids", "label"} (lists per choice for multiple choice);
+    SQuAD: one feature per window, with "example", "offsets" (None outside the context) and,
+    for training, "start"/"end" token positions (0, the [CLS] token, when the answer is not in it)."""
+    max_length = max_length or task.max_length
+    if task.kind == "question_answering":
+        return encode_squad(examples, tok, max_length, stride)
+    if task.kind == "multiple_choice":
+        C = task.num_labels
+        flat = encode_pairs(tok, [f for e in examples for f in e["first"]], [s for e in examples for s in e["second"]],
+                            max_length)
+        return [{"input_ids": [ids for ids, _ in flat[i * C:(i + 1) * C]],
+                 "token_type_ids": [tt for _, tt in flat[i * C:(i + 1) * C]], "label": e["label"]}
+                for i, e in enumerate(examples)]
+    seconds = [e["second"] for e in examples] if examples and examples[0]["second"] is not None else None
+    return [{"input_ids": ids, "token_type_ids": tt, "label": e["label"]}
+            for (ids, tt), e in zip(encode_pairs(tok, [e["first"] for e in examples], seconds, max_length), examples)]
+
+
+def encode_squad(examples, tok, max_length, stride):
+    """Overlapping windows over the context: max_length tokens, `stride` tokens shared by neighbours."""
+    tok.enable_truncation(max_length, stride=stride, strategy="only_second")
+    encs = tok.encode_batch([(e["question"].lstrip(), e["context"]) for e in examples])
+    tok.no_truncation()
+    features = []
+    for i, (e, enc) in enumerate(zip(examples, encs)):
+        for window in [enc] + enc.overflowing:
+            offsets = [o if s == 1 else None for o, s in zip(window.offsets, window.sequence_ids)]
+            start = end = 0
+            if e["answers"]:   # the first answer, as the reference's training script does
+                a0 = e["answer_starts"][0]
+                a1 = a0 + len(e["answers"][0])
+                inside = [j for j, o in enumerate(offsets) if o is not None]
+                if inside and offsets[inside[0]][0] <= a0 and offsets[inside[-1]][1] >= a1:
+                    start = next(j for j in inside if offsets[j][1] > a0)
+                    end = next(j for j in reversed(inside) if offsets[j][0] < a1)
+            features.append({"input_ids": window.ids, "token_type_ids": window.type_ids, "example": i,
+                             "offsets": offsets, "start": start, "end": end})
+    return features
+
+
+# -----------------------------------------------------------------------------
+# Batches: dynamic padding, seeded shuffling, a distributed sampler under torchrun.
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Order = a permutation seeded by (seed, epoch): resuming at an epoch gives the same order."""
+
+    def __init__(self, n, shuffle, seed):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self):
+        return self.n
+
+
+def pad(seqs, value, length):
+    return [s + [value] * (length - len(s)) for s in seqs]
+
+
+def collate(features, pad_token_id):
+    """Pad to the longest sequence in the batch: (B, T), or (B, C, T) for multiple choice."""
+    mc = isinstance(features[0]["input_ids"][0], list)
+    seqs = [s for f in features for s in (f["input_ids"] if mc else [f["input_ids"]])]
+    tts = [s for f in features for s in (f["token_type_ids"] if mc else [f["token_type_ids"]])]
+    T = max(len(s) for s in seqs)
+    ids = torch.tensor(pad(seqs, pad_token_id, T))
+    batch = {"input_ids": ids, "attention_mask": (torch.tensor(pad([[1] * len(s) for s in seqs], 0, T))),
+             "token_type_ids": torch.tensor(pad(tts, 0, T))}
+    if mc:   # (B*C, T) -> (B, C, T)
+        batch = {k: v.view(len(features), -1, T) for k, v in batch.items()}
+    if "label" in features[0]:
+        batch["labels"] = torch.tensor([f["label"] for f in features])
+    if "start" in features[0]:
+        batch["start_positions"] = torch.tensor([f["start"] for f in features])
+        batch["end_positions"] = torch.tensor([f["end"] for f in features])
+    return batch
+
+
+def make_loader(features, batch_size, shuffle, seed, pad_token_id, distributed=False):
+    if distributed:
+        sampler = torch.utils.data.DistributedSampler(features, shuffle=shuffle, seed=seed, drop_last=False)
+    else:
+        sampler = EpochSampler(len(features), shuffle, seed)
+    return torch.utils.data.DataLoader(features, batch_size=batch_size, sampler=sampler,
+                                       collate_fn=lambda fs: collate(fs, pad_token_id))
+
+
+# -----------------------------------------------------------------------------
+# Metrics.
+
+def normalize_answer(s: str) -> str:
+    """The official SQuAD v1.1 normalisation: lower case, no punctuation, no a/an/the, single spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def squad_f1(prediction: str, truth: str) -> float:
+    p, t = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    common = collections.Counter(p) & collections.Counter(t)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(t)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_score(predictions: dict, references: dict) -> dict:
+    """Exact match and F1 in percent, each the max over an example's ground truths, averaged over
+    every reference id (a missing prediction scores 0), as the official v1.1 script does."""
+    em = f1 = 0.0
+    for qid, truths in references.items():
+        if qid not in predictions:
+            continue
+        em += max(float(normalize_answer(predictions[qid]) == normalize_answer(t)) for t in truths)
+        f1 += max(squad_f1(predictions[qid], t) for t in truths)
+    return {"exact_match": 100.0 * em / len(references), "f1": 100.0 * f1 / len(references)}
+
+
+def squad_predictions(examples, features, start_logits, end_logits, n_best=20, max_answer_length=30) -> dict:
+    """Best span per example over all its windows: the n_best start and end tokens, both in the
+    context, end >= start, at most max_answer_length tokens; score = start + end logit."""
+    best = {}
+    for f, s, e in zip(features, start_logits, end_logits):
+        offsets = f["offsets"]
+        starts = sorted(range(len(offsets)), key=lambda j: -s[j])[:n_best]
+        ends = sorted(range(len(offsets)), key=lambda j: -e[j])[:n_best]
+        for a in starts:
+            for b in ends:
+                if offsets[a] is None or offsets[b] is None or b < a or b - a + 1 > max_answer_length:
+                    continue
+                score = float(s[a] + e[b])
+                ex = examples[f["example"]]
+                if ex["id"] not in best or score > best[ex["id"]][0]:
+                    best[ex["id"]] = (score, ex["context"][offsets[a][0]:offsets[b][1]])
+    return {ex["id"]: best.get(ex["id"], (0.0, ""))[1] for ex in examples}
+
+
+def binary_f1(preds, labels) -> float:
+    tp = sum(1 for p, y in zip(preds, labels) if p == 1 and y == 1)
+    fp = sum(1 for p, y in zip(preds, labels) if p == 1 and y == 0)
+    fn = sum(1 for p, y in zip(preds, labels) if p == 0 and y == 1)
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def score(task: Task, examples, features, outputs) -> dict:
+    """outputs: per feature, logits (classification / multiple choice) or (start, end) logits."""
+    if task.kind == "question_answering":
+        preds = squad_predictions(examples, features, [o[0] for o in outputs], [o[1] for o in outputs])
+        return squad_score(preds, {e["id"]: e["answers"] for e in examples})
+    preds = [int(torch.as_tensor(o).argmax()) for o in outputs]
+    labels = [f["label"] for f in features]
+    out = {"accuracy": 100.0 * sum(p == y for p, y in zip(preds, labels)) / len(labels)}
+    if task.metric == "accuracy_f1":
+        out["f1"] = 100.0 * binary_f1(preds, labels)
+    return out
