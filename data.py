@@ -365,8 +365,11 @@ def make_loader(features, batch_size, shuffle, seed, pad_token_id, distributed=F
         sampler = torch.utils.data.DistributedSampler(features, shuffle=shuffle, seed=seed, drop_last=False)
     else:
         sampler = EpochSampler(len(features), shuffle, seed)
+    # its own generator: making an iterator then draws nothing from the global RNG (dropout's),
+    # so a resumed run sees the same random numbers as an uninterrupted one
     return torch.utils.data.DataLoader(features, batch_size=batch_size, sampler=sampler,
-                                       collate_fn=lambda fs: collate(fs, pad_token_id))
+                                       collate_fn=lambda fs: collate(fs, pad_token_id),
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 # -----------------------------------------------------------------------------

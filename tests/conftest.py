@@ -67,3 +67,16 @@ def padded_batch(model_type, B=3, T=11, vocab=99, seed=1):
     if model_type == "bert":
         tt[:, T // 2:] = 1
     return ids, mask, tt
+
+
+TINY_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,?!'-_")
+              + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"])   # 74 entries, within the tiny vocab of 99
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_with_vocab(tmp_path_factory):
+    """A tiny random BERT checkpoint with a character-level WordPiece vocab.txt: a complete model folder."""
+    folder = tmp_path_factory.mktemp("tiny_bert_vocab")
+    save_tiny(folder, "bert")
+    (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+    return folder

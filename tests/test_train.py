@@ -1,0 +1,156 @@
+"""train.py end to end on a tiny random model and the hand-written fixtures, on CPU."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import prune
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = Path(__file__).resolve().parent / "fixtures"
+
+
+def args_for(model, out, *extra):
+    return ["--task", "csqa", "--model", str(model), "--data-dir", str(FIX), "--batch-size", "1",
+            "--out-dir", str(out), "--epochs", "5", "--teacher-epochs", "1", "--log-every", "5", *extra]
+
+
+def watch_masks(monkeypatch):
+    """After every optimizer step train.py calls zero_optimizer_state; check every invariant there."""
+    seen = []
+    original = prune.zero_optimizer_state
+
+    def checked(opt, params, masks):
+        original(opt, params, masks)
+        for name, m in masks.items():
+            assert (params[name][~m] == 0.0).all(), name
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in opt.state.get(params[name], {}):
+                    assert (opt.state[params[name]][key][~m] == 0).all()
+        seen.append(sum(int((~m).sum()) for m in masks.values()))
+    monkeypatch.setattr(prune, "zero_optimizer_state", checked)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["gmp", "obert"])
+def test_short_run_reaches_target_with_embeddings_and_head_dense(tmp_path, tiny_bert_with_vocab, monkeypatch, method):
+    seen = watch_masks(monkeypatch)
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.8", "--method", method, "--num-grads", "4"))
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["sparsity"]["encoder"] == pytest.approx(0.8, abs=5e-4)
+    assert res["sparsity"]["head"] == 0.0 and res["sparsity"]["embeddings"] < 0.02   # only [PAD]'s zero row
+    assert seen and seen == sorted(seen)                    # pruned count only grows, checked every step
+    n_encoder = sum(p.numel() for n, p in torch.load(tmp_path / "student" / "checkpoint.pt", weights_only=False)["model"].items()
+                    if n in res_names(tmp_path))
+    assert seen[-1] == round(0.8 * n_encoder)
+    assert (tmp_path / "teacher" / "model" / "config.json").is_file()
+    assert "accuracy" in res["metric"] and "accuracy" in res["teacher_metric"]
+    lines = [json.loads(l) for l in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
+    assert any("eval" in l for l in lines) and any("loss" in l for l in lines)
+
+
+def res_names(out):
+    ck = torch.load(out / "student" / "checkpoint.pt", weights_only=False)
+    return set(ck["masks"])
+
+
+def test_exported_model_loads_in_transformers_with_zeros_in_place(tmp_path, tiny_bert_with_vocab):
+    import transformers
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd"))
+    ref, info = transformers.BertForMultipleChoice.from_pretrained(tmp_path / "model", output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    w = ref.bert.encoder.layer[0].attention.self.query.weight
+    total = sum(getattr(ref.bert.encoder.layer[i], m).weight.numel() if False else 0 for i, m in [])
+    zeros = sum(int((p == 0).sum()) for n, p in ref.named_parameters() if "encoder" in n and n.endswith("weight") and "LayerNorm" not in n)
+    count = sum(p.numel() for n, p in ref.named_parameters() if "encoder" in n and n.endswith("weight") and "LayerNorm" not in n)
+    assert zeros / count == pytest.approx(0.5, abs=1e-3) and w.shape == (32, 32)
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path, tiny_bert_with_vocab):
+    common = ["--sparsity", "0.8", "--checkpoint-every", "2", "--hardness", "0.5"]
+    train.main(args_for(tiny_bert_with_vocab, tmp_path / "a", *common))
+    with pytest.raises(SystemExit) as stop:
+        train.main(args_for(tiny_bert_with_vocab, tmp_path / "b", *common, "--stop-after", "7"))
+    assert stop.value.code == 0
+    assert not (tmp_path / "b" / "model").exists()
+    train.main(args_for(tiny_bert_with_vocab, tmp_path / "b", *common, "--resume"))
+    from safetensors.torch import load_file
+    a, b = load_file(str(tmp_path / "a" / "model" / "model.safetensors")), load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_torchrun_two_processes_gloo_equal_masks(tmp_path, tiny_bert_with_vocab):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
+           *args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.8", "--method", "obert", "--num-grads", "4",
+                     "--device", "cpu")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["world_size"] == 2 and res["masks_equal_across_ranks"] is True
+    assert res["sparsity"]["encoder"] == pytest.approx(0.8, abs=5e-4)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--method", "sgd"], "unknown method 'sgd'"),
+    (["--sparsity", "1.0"], r"--sparsity must be in \[0, 1\)"),
+    (["--sparsity", "-0.1"], r"--sparsity must be in \[0, 1\)"),
+    (["--pattern", "2:4"], "pattern 2:4 gives exactly 0.5 sparsity, not 0.8"),
+    (["--pattern", "diagonal"], "unknown pattern 'diagonal'"),
+    (["--model", "/no/such/folder"], "is not a model folder"),
+    (["--model", "no-such-org/no-such-model"], "hub could not"),
+    (["--data-dir", "/no/such/data"], "--data-dir /no/such/data is not a folder"),
+])
+def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path, tiny_bert_with_vocab, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        train.main(args_for(tiny_bert_with_vocab, tmp_path / "out") + extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: ") and len(err.splitlines()) == 1
+    import re
+    assert re.search(message, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_teacher_with_wrong_head_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
+    from conftest import save_tiny
+    save_tiny(tmp_path / "t", "bert", "ForSequenceClassification", num_labels=3)
+    with pytest.raises(SystemExit) as e:
+        train.main(args_for(tiny_bert_with_vocab, tmp_path / "out", "--teacher", str(tmp_path / "t")))
+    assert e.value.code == 2 and "needs a ...ForMultipleChoice" in capsys.readouterr().err
+
+
+def test_output_folder_of_a_different_run_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0", "--no-kd", "--epochs", "1"))
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(SystemExit) as e:
+        train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd", "--epochs", "1"))
+    assert e.value.code == 2 and "holds a different run" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == before
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd", "--epochs", "1", "--overwrite"))
+    assert json.loads((tmp_path / "results.json").read_text())["target_sparsity"] == 0.5
+
+
+def test_malformed_data_exits_2_naming_the_line(tmp_path, tiny_bert_with_vocab, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train_rand_split.jsonl").write_text('{"id": 1}\n')
+    (tmp_path / "d" / "dev_rand_split.jsonl").write_text('{"id": 1}\n')
+    with pytest.raises(SystemExit) as e:
+        train.main(args_for(tiny_bert_with_vocab, tmp_path / "out") + ["--data-dir", str(tmp_path / "d")])
+    assert e.value.code == 2 and "train_rand_split.jsonl:line 1: missing field" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_explains_every_option():
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True).stdout
+    for opt in ("--task", "--sparsity", "--method", "--pattern", "--scope", "--init-sparsity", "--schedule", "--epochs",
+                "--lr", "--batch-size", "--grad-accum", "--max-length", "--temperature", "--hardness", "--no-kd",
+                "--prune-embeddings", "--prune-head", "--seed", "--out-dir", "--resume", "--device", "--dtype",
+                "--compile", "--max-steps", "--limit-train", "--limit-eval", "--teacher", "--data-dir", "--model"):
+        assert opt in out
