@@ -97,26 +97,35 @@ def load_masks(path, device="cpu") -> dict:
 # -----------------------------------------------------------------------------
 # From scores to masks: global or per-layer, unstructured, 4-block or N:M.
 
-def radix_kth_smallest(keys: list[torch.Tensor], k: int) -> int:
-    """The k-th smallest (1-based) of non-negative int32 keys spread over many tensors.
+def kth_smallest(scores: list[torch.Tensor], k: int) -> float:
+    """The k-th smallest (1-based) value over many tensors, exactly, without concatenating them.
 
-    Four passes of an 8-bit histogram (most significant byte first), each pass only over the
-    keys that match the bytes found so far: exact, deterministic, and no tensor bigger than the
-    largest input is ever made (sorting roberta-large's 302M scores at once would take 2.4 GB).
+    A strided sample of about 2^20 values brackets the answer between two sample quantiles;
+    one exact pass counts the values below the bracket and gathers those inside it (a small
+    band), and only the band is sorted. If the k-th value falls outside the bracket (a bad
+    sample), the bracket widens and the pass repeats. Memory: the band plus one boolean
+    temporary per tensor; sorting roberta-large's 302M scores at once would take 2.4 GB.
     """
-    prefix = 0
-    for shift in (24, 16, 8, 0):
-        hist = torch.zeros(256, dtype=torch.long, device=keys[0].device)
-        for t in keys:
-            t = t[t >= 0]
-            if shift < 24:
-                t = t[(t >> (shift + 8)) == (prefix >> (shift + 8))]
-            hist += torch.bincount((t >> shift) & 255, minlength=256)
-        cum = torch.cumsum(hist, 0)
-        b = int(torch.searchsorted(cum, torch.tensor(k, device=cum.device)))   # first bin with cum >= k
-        k -= int(cum[b - 1]) if b > 0 else 0
-        prefix |= b << shift
-    return prefix
+    n = sum(s.numel() for s in scores)
+    stride = max(1, n // (1 << 20))
+    sample = torch.cat([s.flatten()[::stride] for s in scores]).float()
+    q, margin = (k - 0.5) / n, 8.0 / math.sqrt(sample.numel())      # ~8 standard deviations of a quantile
+    for widen in (1, 8, 64, float("inf")):
+        lo = torch.quantile(sample, max(q - widen * margin, 0.0)) if widen < float("inf") and q - widen * margin > 0 else None
+        hi = torch.quantile(sample, min(q + widen * margin, 1.0)) if widen < float("inf") and q + widen * margin < 1 else None
+        below, band = 0, []
+        for s in scores:
+            inside = torch.ones_like(s, dtype=torch.bool)
+            if lo is not None:
+                below += int(torch.count_nonzero(s < lo))
+                inside &= s >= lo
+            if hi is not None:
+                inside &= s <= hi
+            band.append(s[inside].float())
+        band = torch.cat(band)
+        if below < k <= below + band.numel():
+            return float(torch.kthvalue(band.cpu(), k - below).values)
+    raise AssertionError("unreachable: the last bracket holds every value")
 
 
 def select_lowest(scores: list[torch.Tensor], count: int) -> list[torch.Tensor]:
@@ -125,21 +134,22 @@ def select_lowest(scores: list[torch.Tensor], count: int) -> list[torch.Tensor]:
     Scores are >= 0, or -inf for weights already pruned (always selected). Ties at the threshold
     are broken deterministically: earlier tensor first, then lower flat index.
     """
-    # non-negative float32 bit patterns sort like the floats; -inf -> -1 (already pruned)
-    keys = [torch.where(s == float("-inf"), -1, (s.float() + 0.0).view(torch.int32)) for s in scores]
-    forced = sum(int((k < 0).sum()) for k in keys)
-    todo = count - forced
-    if todo <= 0:
-        return [k < 0 for k in keys]
-    v = radix_kth_smallest(keys, todo)
-    below = sum(int((k < v).sum()) for k in keys)      # includes the forced ones (key -1)
-    ties_left = count - below                           # how many keys == v still to prune
+    forced = sum(int(torch.count_nonzero(torch.isneginf(s))) for s in scores)
+    if count - forced <= 0:
+        return [torch.isneginf(s) for s in scores]
+    v = kth_smallest(scores, count)                    # the -inf ones are the smallest: counted in k
+    below = sum(int(torch.count_nonzero(s < v)) for s in scores)
+    ties_left = count - below                          # how many scores == v still to prune
     out = []
-    for k in keys:
-        tie = (k == v).flatten()
-        take = tie & (torch.cumsum(tie.long(), 0) <= ties_left)
-        ties_left -= int(take.sum())
-        out.append((k < v) | take.view_as(k))
+    for s in scores:
+        prune_here = s < v
+        if ties_left > 0:                              # rare: only tensors holding the threshold value
+            tie = (s == v).flatten()
+            if tie.any():
+                take = tie & (torch.cumsum(tie.long(), 0) <= ties_left)
+                ties_left -= int(take.sum())
+                prune_here |= take.view_as(s)
+        out.append(prune_here)
     return out
 
 

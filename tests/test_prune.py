@@ -164,13 +164,14 @@ def test_exact_count_with_ties_and_deterministic(sparsity):
         assert cut.max() <= kept.min()
 
 
-def test_radix_select_matches_kthvalue_on_many_values():
-    x = [torch.rand(1000) * 10 ** torch.randint(-6, 6, (1000,)).float(), torch.rand(3333)]
-    keys = [t.view(torch.int32) for t in x]
+@pytest.mark.parametrize("seed", range(3))
+def test_kth_smallest_matches_kthvalue_on_many_values(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = [torch.rand(1000, generator=g) * 10 ** torch.randint(-6, 6, (1000,), generator=g).float(),
+         torch.rand(300_000, generator=g), torch.zeros(500), torch.full((70,), float("-inf"))]
     allx = torch.cat(x)
-    for k in (1, 17, 2000, 4333):
-        v = P.radix_kth_smallest(keys, k)
-        assert torch.tensor(v, dtype=torch.int32).view(torch.float32).item() == torch.kthvalue(allx, k).values.item()
+    for k in (1, 69, 70, 71, 17_000, 150_000, 301_570):
+        assert P.kth_smallest(x, k) == torch.kthvalue(allx, k).values.item()
 
 
 def test_pruned_weights_never_revive_and_masks_grow():
