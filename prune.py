@@ -18,9 +18,10 @@ embeddings and the task head stay dense (they hold many parameters but few FLOPs
   F^-1 is built without ever forming F: starting from I/damp, one Sherman-Morrison update per
   gradient (eq. 4):  F^-1 <- F^-1 - (F^-1 g)(F^-1 g)^T / (m + g^T F^-1 g).
 
-Masks are boolean tensors keyed by parameter name, True = kept. train.py re-applies them after
-every optimizer step and zeroes AdamW's moments at pruned positions, so no pruned weight
-revives; they are saved with every checkpoint. schedule.py says *when* and *how much* to prune.
+Masks are boolean tensors keyed by parameter name, True = kept. When a weight is pruned,
+train.py zeroes it and AdamW's moments there; at every step it masks the gradients before AdamW
+and re-applies the masks after it, so no pruned weight revives; masks are saved with every
+checkpoint. schedule.py says *when* and *how much* to prune.
 """
 import argparse
 import json

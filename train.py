@@ -10,8 +10,9 @@ What happens:
   a) without --teacher (and with KD), fine-tune a dense teacher from the pretrained weights, or
      reuse the one this output folder already holds (OUT/teacher/model);
   b) from the same pretrained weights, fine-tune the student while pruning it: at each pruning
-     step of the schedule, new masks from magnitudes (GMP) or oBERT's Fisher-based scores; after
-     every optimizer step the masks are re-applied and AdamW's moments zeroed at pruned weights;
+     step of the schedule, new masks from magnitudes (GMP) or oBERT's Fisher-based scores, and
+     AdamW's moments zeroed at the newly pruned weights; at every optimizer step the gradients
+     of pruned weights are masked before AdamW and the masks re-applied after it;
   c) evaluate, export (OUT/model, loadable by `transformers`), write OUT/results.json.
 
 Everything resumable: OUT/<phase>/checkpoint.pt (model, masks, optimizer, step, RNG, arguments)
@@ -302,8 +303,8 @@ def fit(phase, model, teacher, train_features, eval_data, sched, args, ctx):
                         torch.distributed.broadcast(m, 0)
                         masks[n] = m.bool()
                         torch.distributed.broadcast(params[n].data, 0)
-                prune.apply_masks(params, masks)
                 prune.zero_optimizer_state(opt, params, masks)
+                prune.apply_masks(params, masks)
                 ctx["masks"] = masks
             lr = sched.lr_at(step)
             for group in opt.param_groups:
@@ -323,11 +324,14 @@ def fit(phase, model, teacher, train_features, eval_data, sched, args, ctx):
                 (loss / args.grad_accum).backward()
                 total += loss.item() / args.grad_accum
                 tokens += int(batch["attention_mask"].sum())
+            # A pruned weight gets no gradient, so AdamW's moments stay exactly 0 there (they were
+            # zeroed when it was pruned), its update is 0 / (0 + eps) = 0 and weight decay scales 0;
+            # re-applying the masks after the step makes that hold whatever the optimizer does.
+            prune.mask_gradients(params, masks)
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            prune.apply_masks(params, masks)                     # nothing revives a pruned weight
-            prune.zero_optimizer_state(opt, params, masks)
+            prune.apply_masks(params, masks)
             step += 1
             if step % args.log_every == 0 or step == sched.total_steps:
                 rate = tokens * ctx["world"] / (time.time() - t0)

@@ -235,6 +235,30 @@ def test_twenty_adamw_steps_with_weight_decay_leave_pruned_weights_at_zero():
             assert (opt.state[params[n]]["exp_avg"][~k] == 0).all()
 
 
+def test_train_py_scheme_keeps_weights_and_moments_exactly_zero():
+    """What train.py does: moments zeroed once at pruning, then gradients masked before every AdamW
+    step and weights re-masked after it. Moments must stay exactly 0 without being re-zeroed."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3))
+    params = dict(net.named_parameters())
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        net(torch.randn(8, 10)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+    masks = P.magnitude_masks({"0.weight": params["0.weight"], "2.weight": params["2.weight"]}, 0.6)
+    P.apply_masks(params, masks); P.zero_optimizer_state(opt, params, masks)
+    for _ in range(20):
+        net(torch.randn(8, 10)).pow(2).mean().backward()
+        P.mask_gradients(params, masks)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        before = {n: params[n].detach().clone() for n in masks}
+        opt.step(); opt.zero_grad()
+        for n, k in masks.items():   # even before re-masking, nothing moved
+            assert (params[n][~k] == 0.0).all() and torch.equal(params[n][~k], before[n][~k])
+            assert (opt.state[params[n]]["exp_avg"][~k] == 0).all() and (opt.state[params[n]]["exp_avg_sq"][~k] == 0).all()
+        P.apply_masks(params, masks)
+        assert all((params[n][k] != before[n][k]).any() for n, k in masks.items())   # the kept ones train
+
+
 def test_masks_survive_save_and_load(tmp_path):
     masks = P.magnitude_masks({"x.weight": torch.randn(7, 9), "y.weight": torch.randn(3, 4)}, 0.6)
     P.save_masks(masks, tmp_path / "masks.safetensors")

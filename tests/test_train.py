@@ -21,19 +21,21 @@ def args_for(model, out, *extra):
 
 
 def watch_masks(monkeypatch):
-    """After every optimizer step train.py calls zero_optimizer_state; check every invariant there."""
-    seen = []
-    original = prune.zero_optimizer_state
+    """train.py calls apply_masks after every optimizer step; check every invariant there."""
+    seen, optimizers = [], []
+    make_optimizer, original = train.optimizer_for, prune.apply_masks
+    monkeypatch.setattr(train, "optimizer_for", lambda *a: optimizers.append(make_optimizer(*a)) or optimizers[-1])
 
-    def checked(opt, params, masks):
-        original(opt, params, masks)
+    def checked(params, masks):
+        original(params, masks)
         for name, m in masks.items():
             assert (params[name][~m] == 0.0).all(), name
+            state = optimizers[-1].state.get(params[name], {})
             for key in ("exp_avg", "exp_avg_sq"):
-                if key in opt.state.get(params[name], {}):
-                    assert (opt.state[params[name]][key][~m] == 0).all()
+                if key in state:
+                    assert (state[key][~m] == 0).all(), (name, key)
         seen.append(sum(int((~m).sum()) for m in masks.values()))
-    monkeypatch.setattr(prune, "zero_optimizer_state", checked)
+    monkeypatch.setattr(prune, "apply_masks", checked)
     return seen
 
 
