@@ -146,7 +146,7 @@ def obert_costs(folder, device_name, grads_to_time):
     prune.obert_prune({n: p.clone() for n, p in params.items()}, finvs, 0.7)
     sync(device)
     t_prune = time.perf_counter() - t0
-    del finvs
+    finvs.clear()                                                          # free before the next measurement
     fishers = {n: prune.init_fisher_inverse(p.numel(), B, 1.0, device) * 1e-7 for n, p in params.items()}
     t_acc = timed(lambda: [prune.add_gradient_to_fisher(fishers[n], grads[n], 1024) for n in params], device, grads_to_time)
     t0 = time.perf_counter()
@@ -214,7 +214,7 @@ def main():
     shapes = [(768, 768)] * 4 + [(3072, 768), (768, 3072)] if args.quick else ROBERTA_LARGE_ENCODER
     n, seconds, peak, masks_bytes = in_fresh_process(threshold_cost, shapes, layers, str(device))
     rows.append((f"global threshold, {n / 1e6:.0f}M weights (s)", seconds, float("nan"), float("nan"), "info"))
-    rows.append((f"global threshold: peak extra memory vs the masks it returns (GB)", peak / 1e9, masks_bytes / 1e9,
+    rows.append(("global threshold: peak extra memory vs the masks it returns (GB)", peak / 1e9, masks_bytes / 1e9,
                  peak / masks_bytes, "info"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"prune-lm bench on {name}, torch {torch.__version__}, {str(dtype).replace('torch.', '')}, batch {B}x{T}")

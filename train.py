@@ -20,7 +20,6 @@ is written atomically every --checkpoint-every steps; --resume continues from it
 `torchrun --nproc_per_node=N` the same script runs DDP with one data shard per rank.
 """
 import argparse
-import contextlib
 import itertools
 import json
 import math

@@ -67,7 +67,6 @@ def test_exported_model_loads_in_transformers_with_zeros_in_place(tmp_path, tiny
     ref, info = transformers.BertForMultipleChoice.from_pretrained(tmp_path / "model", output_loading_info=True)
     assert not info["missing_keys"] and not info["mismatched_keys"]
     w = ref.bert.encoder.layer[0].attention.self.query.weight
-    total = sum(getattr(ref.bert.encoder.layer[i], m).weight.numel() if False else 0 for i, m in [])
     zeros = sum(int((p == 0).sum()) for n, p in ref.named_parameters() if "encoder" in n and n.endswith("weight") and "LayerNorm" not in n)
     count = sum(p.numel() for n, p in ref.named_parameters() if "encoder" in n and n.endswith("weight") and "LayerNorm" not in n)
     assert zeros / count == pytest.approx(0.5, abs=1e-3) and w.shape == (32, 32)
