@@ -80,3 +80,17 @@ def tiny_bert_with_vocab(tmp_path_factory):
     save_tiny(folder, "bert")
     (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_with_vocab(tmp_path_factory):
+    """A tiny random RoBERTa with a byte-level BPE vocabulary (vocab.json + merges.txt) trained here."""
+    from tokenizers import ByteLevelBPETokenizer
+    folder = tmp_path_factory.mktemp("tiny_roberta_vocab")
+    fixtures = Path(__file__).resolve().parent / "fixtures"
+    texts = [p.read_text() for p in sorted(fixtures.rglob("*")) if p.is_file()]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    save_tiny(folder, "roberta", vocab_size=bpe.get_vocab_size())
+    return folder

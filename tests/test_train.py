@@ -155,3 +155,17 @@ def test_help_explains_every_option():
                 "--prune-embeddings", "--prune-head", "--seed", "--out-dir", "--resume", "--device", "--dtype",
                 "--compile", "--max-steps", "--limit-train", "--limit-eval", "--teacher", "--data-dir", "--model"):
         assert opt in out
+
+
+@pytest.mark.parametrize("task, arch", [("winogrande", "RobertaForMultipleChoice"),
+                                        ("sst2", "RobertaForSequenceClassification")])
+def test_roberta_runs_end_to_end_and_exports(tmp_path, tiny_roberta_with_vocab, task, arch):
+    import transformers
+    train.main(["--task", task, "--model", str(tiny_roberta_with_vocab), "--data-dir", str(FIX), "--batch-size", "1",
+                "--out-dir", str(tmp_path), "--epochs", "4", "--teacher-epochs", "1", "--sparsity", "0.6"])
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["sparsity"]["encoder"] == pytest.approx(0.6, abs=5e-4) and res["sparsity"]["head"] == 0.0
+    cfg = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert cfg["architectures"] == [arch]
+    _, info = getattr(transformers, arch).from_pretrained(tmp_path / "model", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
