@@ -5,7 +5,7 @@ Each row is a ratio measured side by side in the same run, on whatever machine r
 CUDA when present, in bf16 autocast there):
   - a training step (forward + backward + AdamW) of model.py vs `transformers` on the same config,
     weights and batch: tokens per second each (target: ratio >= 1.0);
-  - a masked training step (masks re-applied, AdamW moments zeroed) vs a dense one (target <= 1.05);
+  - a masked training step (gradients masked before AdamW, weights after) vs a dense one (target <= 1.05);
   - oBERT on the MiniLM encoder: seconds per gradient added to the block Fisher inverse
     (Sherman-Morrison, prune.add_gradient) and per gradient accumulated then inverted once
     (Cholesky), seconds to score + update, and memory vs the d * B * 4 bytes of theory;

@@ -34,7 +34,6 @@ from model import ENCODER_LINEARS   # the six Linear names of a layer: query key
 
 EMBEDDINGS = ("embeddings.word.weight", "embeddings.position.weight", "embeddings.token_type.weight")
 HEAD = ("pooler.weight", "head_dense.weight", "classifier.weight", "qa.weight")
-PATTERNS = ("unstructured", "4-block", "2:4")   # any "N:M" is accepted too
 GROUP = 4                                       # weights per group of the "4-block" pattern
 
 

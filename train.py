@@ -205,7 +205,7 @@ def evaluate(model, task, examples, features, ctx):
     return data.score(task, examples, features, outputs)
 
 
-def collect_fisher(net, model, names, task, loader, ctx, num_grads, block_size, damp):
+def collect_fisher(net, model, names, masks, task, loader, ctx, num_grads, block_size, damp):
     """oBERT: stream num_grads mini-batch gradients of the task loss (masked) into each F^-1."""
     finvs = {n: prune.init_fisher_inverse(model.get_parameter(n).numel(), block_size, damp, ctx["device"])
              for n in names}
@@ -217,7 +217,7 @@ def collect_fisher(net, model, names, task, loader, ctx, num_grads, block_size, 
         with ctx["autocast"]():
             loss = task_loss(task, forward(net, batch, ctx["token_types"]), batch)
         loss.backward()                                  # under DDP: the gradient averaged over ranks
-        prune.mask_gradients(params, ctx["masks"])
+        prune.mask_gradients(params, masks)
         for n in names:
             prune.add_gradient(finvs[n], params[n].grad.float(), num_grads)
     net.zero_grad(set_to_none=True)
@@ -265,7 +265,6 @@ def fit(phase, model, teacher, train_features, eval_data, sched, args, ctx):
         masks, step = {n: m.to(ctx["device"]) for n, m in ck["masks"].items()}, ck["step"]
         set_rng_state(ck["rng"])
         log(ctx, f"{phase}: resumed at step {step}")
-    ctx["masks"] = masks
     loader = data.make_loader(train_features, args.batch_size, True, args.seed, ctx["pad_id"], ctx["distributed"])
     fisher_loader = data.make_loader(train_features, args.batch_size, True, args.seed + 1, ctx["pad_id"], ctx["distributed"])
     per_epoch = len(loader) // args.grad_accum
@@ -291,7 +290,7 @@ def fit(phase, model, teacher, train_features, eval_data, sched, args, ctx):
                 weights = {n: params[n] for n in names}
                 if args.method == "obert":
                     fisher_loader.sampler.set_epoch(step)
-                    finvs = collect_fisher(net, model, names, task, fisher_loader, ctx, args.num_grads, args.block_size, args.damp)
+                    finvs = collect_fisher(net, model, names, masks, task, fisher_loader, ctx, args.num_grads, args.block_size, args.damp)
                     masks = prune.obert_prune(weights, finvs, s, args.scope, args.pattern, masks)
                     del finvs
                 else:
@@ -304,7 +303,6 @@ def fit(phase, model, teacher, train_features, eval_data, sched, args, ctx):
                         torch.distributed.broadcast(params[n].data, 0)
                 prune.zero_optimizer_state(opt, params, masks)
                 prune.apply_masks(params, masks)
-                ctx["masks"] = masks
             lr = sched.lr_at(step)
             for group in opt.param_groups:
                 group["lr"] = lr
