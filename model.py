@@ -28,6 +28,9 @@ import torch.nn.functional as F
 
 HEADS = (None, "classification", "multiple_choice", "question_answering")
 ENCODER_LINEARS = ("query", "key", "value", "attn_out", "intermediate", "output")
+# The pooler and the task heads, outside the encoder: never pruned unless asked (prune.py), and
+# initialised when a checkpoint lacks them (a new task head, `from_pretrained`).
+HEAD_MODULES = ("pooler", "head_dense", "classifier", "qa")
 
 
 class CheckpointError(ValueError):
@@ -186,8 +189,13 @@ class Encoder(nn.Module):
         elif head == "question_answering":
             self.qa = nn.Linear(H, 2)
 
+    @property
+    def takes_token_types(self) -> bool:
+        """BERT has two segment embeddings; RoBERTa one, so its token types are all 0 whatever is passed."""
+        return self.config.type_vocab_size > 1
+
     def encode(self, input_ids, attention_mask, token_type_ids=None):
-        if token_type_ids is None:
+        if token_type_ids is None or not self.takes_token_types:
             token_type_ids = torch.zeros_like(input_ids)
         keep = attention_mask.bool()[:, None, None, :]              # (B, T) -> (B, 1, 1, T)
         x = self.embeddings(input_ids, token_type_ids)              # (B, T, H)
@@ -276,30 +284,50 @@ def name_table(model: Encoder) -> dict[str, str]:
 # -----------------------------------------------------------------------------
 # Loading and saving.
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """One quick look at the Hugging Face hub before asking it for files. Offline, the hub client
+    retries with back-off for about 25 s before it gives up; this answers in at most `timeout`."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
+        return False
+    import urllib.error
+    import urllib.request
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return True                    # the server answered, if only with an error page
+    except Exception:
+        return False
+    return True
+
+
 def resolve_folder(name_or_path) -> Path:
-    """A local folder as is; otherwise a hub id, downloaded (config, weights, tokenizer files)."""
+    """A local folder as is; otherwise a hub id, downloaded (config, weights, tokenizer files), or
+    found in the hub's local cache when the hub cannot be reached."""
     path = Path(name_or_path)
     if path.is_dir():
         return path
     if path.exists() or str(name_or_path).startswith((".", "/", "~")):
         raise CheckpointError(f"{name_or_path} is not a model folder; pass a folder holding "
                               f"config.json and model.safetensors, or a hub id like bert-base-uncased.")
+    offline = not hub_reachable()
     try:
         from huggingface_hub import hf_hub_download
-        config = hf_hub_download(str(name_or_path), "config.json")
+        config = hf_hub_download(str(name_or_path), "config.json", local_files_only=offline)
     except Exception as e:
-        raise CheckpointError(f"no local folder {name_or_path!r} and the Hugging Face hub could not give it "
-                              f"({type(e).__name__}); download the model once and pass its local folder "
-                              f"(config.json, model.safetensors, tokenizer files).") from None
+        why = "the Hugging Face hub cannot be reached and it is not in the hub's cache" if offline else \
+            f"the Hugging Face hub could not give it ({type(e).__name__})"
+        raise CheckpointError(f"no local folder {name_or_path!r} and {why}; download the model once and pass "
+                              f"its local folder (config.json, model.safetensors, tokenizer files).") from None
     for name in ("model.safetensors", "pytorch_model.bin"):   # weights: the first that exists
         try:
-            hf_hub_download(str(name_or_path), name)
+            hf_hub_download(str(name_or_path), name, local_files_only=offline)
             break
         except Exception:
             continue
     for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json"):
         try:
-            hf_hub_download(str(name_or_path), name)
+            hf_hub_download(str(name_or_path), name, local_files_only=offline)
         except Exception:
             pass  # tokenizer files are optional: data.py uses whichever exists
     return Path(config).parent
@@ -359,7 +387,7 @@ def from_pretrained(name_or_path, head=None, num_labels=None) -> Encoder:
             candidates = [prefix + bare, bare] if has_prefix else [bare, prefix + bare]
             found = next((state[c] for c in candidates if c in state), None)
             param = model.get_parameter(ours)
-            is_head = ours.startswith(("classifier", "head_dense", "qa", "pooler"))
+            is_head = ours.split(".")[0] in HEAD_MODULES
             if found is None:
                 if not is_head:
                     raise CheckpointError(f"checkpoint in {folder} lacks {ref} (needed for {ours}); "
