@@ -4,7 +4,9 @@ The paper's tasks: loading, tokenization, batching and metrics.
 Kurtic, Hoefler & Alistarh (2024) prune RoBERTa-large on the "Sparsity May Cry" tasks
 (CommonsenseQA, WinoGrande; section 5) and BERT-base on the classic benchmarks (SQuAD v1.1,
 MNLI, QQP; section 6). This file turns each into padded batches for model.py and scores the
-predictions exactly as the official scripts do.
+predictions exactly as the official scripts do. Each task is one `Task` record in `TASKS`
+(its columns and labels, files and hub id, metric, and train.py's defaults for it); adding a
+GLUE-style task is one more record.
 
   load_split(task, split, data_dir)  -> list of examples, from the released files, Hugging Face
                                         exports (json/jsonl/parquet), or the hub
@@ -20,10 +22,12 @@ classification {"id", "first", "second" (or None), "label"}; span QA {"id", "que
 import collections
 import csv
 import json
+import os
 import re
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -32,33 +36,38 @@ class DataError(ValueError):
     """Malformed or missing data; the message names the file, the record and what is wrong."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Task:
+    """Everything one task needs, in one record: how to read it, how to score it, how to train on it.
+
+    Adding a GLUE-style single-sentence or sentence-pair task is one `Task(...)` in `TASKS` (or
+    `data.TASKS["name"] = Task(...)` from outside): name its columns and its labels, nothing else.
+    """
     name: str
-    kind: str                  # model.py head: multiple_choice, classification, question_answering
-    num_labels: int            # classes, or choices per question
-    max_length: int
-    hub: tuple                 # (dataset id, config or None) for datasets.load_dataset
-    hub_splits: dict           # our split -> the hub's split name
-    files: dict                # our split -> the released file name
-    metric: str
+    kind: str                             # model.py's head: classification, multiple_choice, question_answering
+    labels: tuple                         # class labels in id order (strings or ints); for multiple choice
+                                          # the choices of a question ("A".."E"); () for span QA
+    files: dict                           # our split ("train", "validation") -> the released file name
+    hub: tuple                            # (dataset id, config or None) for datasets.load_dataset
+    hub_splits: dict = field(default_factory=lambda: {"train": "train", "validation": "validation"})
+    parse: Callable | None = None         # parse(record, where) -> example; None: GLUE-style, by these columns:
+    first: tuple = ()                     #   the first sentence's column: the release's name first, then the hub's
+    second: tuple = ()                    #   the second sentence's column; () for single-sentence tasks
+    label: tuple = ("label",)             #   the label's column
+    metric: str = "accuracy"              # "accuracy", "accuracy_f1" (QQP) or "squad" (EM and F1)
+    max_length: int = 128                 # tokens per sequence (per window for SQuAD)
+    # train.py's defaults (each overridden by its flag); `warmup` is a fraction of each phase's steps
+    model: str = "bert-base-uncased"
+    lr: float = 8e-5                      # the pruned student's peak LR
+    batch_size: int = 32
+    epochs: float = 30                    # student epochs
+    teacher_lr: float = 2e-5              # the dense teacher's LR (also a --sparsity 0 run's)
+    teacher_epochs: float = 3
+    warmup: float = 0.0
 
-
-TASKS = {t.name: t for t in [
-    Task("csqa", "multiple_choice", 5, 128, ("tau/commonsense_qa", None), {"train": "train", "validation": "validation"},
-         {"train": "train_rand_split.jsonl", "validation": "dev_rand_split.jsonl"}, "accuracy"),
-    Task("winogrande", "multiple_choice", 2, 128, ("allenai/winogrande", "winogrande_xl"),
-         {"train": "train", "validation": "validation"}, {"train": "train_xl.jsonl", "validation": "dev.jsonl"}, "accuracy"),
-    Task("squad", "question_answering", 2, 384, ("rajpurkar/squad", None), {"train": "train", "validation": "validation"},
-         {"train": "train-v1.1.json", "validation": "dev-v1.1.json"}, "squad"),
-    Task("mnli", "classification", 3, 128, ("nyu-mll/glue", "mnli"), {"train": "train", "validation": "validation_matched"},
-         {"train": "train.tsv", "validation": "dev_matched.tsv"}, "accuracy"),
-    Task("qqp", "classification", 2, 128, ("nyu-mll/glue", "qqp"), {"train": "train", "validation": "validation"},
-         {"train": "train.tsv", "validation": "dev.tsv"}, "accuracy_f1"),
-    Task("sst2", "classification", 2, 128, ("nyu-mll/glue", "sst2"), {"train": "train", "validation": "validation"},
-         {"train": "train.tsv", "validation": "dev.tsv"}, "accuracy"),
-]}
-MNLI_LABELS = {"entailment": 0, "neutral": 1, "contradiction": 2}   # the hub's GLUE ids
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
 
 
 # -----------------------------------------------------------------------------
@@ -106,7 +115,7 @@ def squad_release_records(doc: dict, path) -> list[dict]:
     return out
 
 
-def field(rec, key, where, kind=None):
+def required(rec, key, where, kind=None):
     if not isinstance(rec, dict) or key not in rec or rec[key] is None:
         raise DataError(f"{where}: missing field {key!r}; the file is not in the expected format.")
     if kind is not None and not isinstance(rec[key], kind):
@@ -114,79 +123,91 @@ def field(rec, key, where, kind=None):
     return rec[key]
 
 
-def parse_csqa(rec, where):
-    q = field(rec, "question", where)
+def parse_csqa(rec, where, task=None):
+    q = required(rec, "question", where)
     if isinstance(q, dict):        # released: question.stem, question.choices[{label, text}]
-        stem, choices = field(q, "stem", where), field(q, "choices", where, list)
-        labels, texts = [field(c, "label", where) for c in choices], [field(c, "text", where) for c in choices]
+        stem, choices = required(q, "stem", where), required(q, "choices", where, list)
+        labels, texts = [required(c, "label", where) for c in choices], [required(c, "text", where) for c in choices]
     else:                          # hub: question, choices {label: [...], text: [...]}
-        stem, choices = q, field(rec, "choices", where, dict)
-        labels, texts = field(choices, "label", where), field(choices, "text", where)
-    key = field(rec, "answerKey", where)
+        stem, choices = q, required(rec, "choices", where, dict)
+        labels, texts = required(choices, "label", where), required(choices, "text", where)
+    key = required(rec, "answerKey", where)
     if key not in labels:
         raise DataError(f"{where}: answerKey {key!r} is not one of the choices {labels}.")
     return {"id": rec.get("id", where), "first": [stem] * len(texts), "second": list(texts), "label": labels.index(key)}
 
 
-def parse_winogrande(rec, where):
-    sentence = field(rec, "sentence", where, str)
+def parse_winogrande(rec, where, task=None):
+    sentence = required(rec, "sentence", where, str)
     if sentence.count("_") != 1:
         raise DataError(f"{where}: sentence must contain exactly one '_' blank, found {sentence.count('_')}.")
-    answer = str(field(rec, "answer", where))
+    answer = str(required(rec, "answer", where))
     if answer not in ("1", "2"):
         raise DataError(f"{where}: answer must be \"1\" or \"2\", got {answer!r}.")
     # the blank splits the sentence: (prefix, option + rest), one pair per option
     cut = sentence.index("_")
     prefix, rest = sentence[:cut].rstrip(), sentence[cut + 1:]
-    options = [field(rec, "option1", where, str), field(rec, "option2", where, str)]
+    options = [required(rec, "option1", where, str), required(rec, "option2", where, str)]
     return {"id": rec.get("qID", where), "first": [prefix] * 2, "second": [o + rest for o in options],
             "label": int(answer) - 1}
 
 
-def parse_squad(rec, where):
-    answers = field(rec, "answers", where, dict)
-    texts, starts = field(answers, "text", where, list), field(answers, "answer_start", where, list)
-    context = field(rec, "context", where, str)
+def parse_squad(rec, where, task=None):
+    answers = required(rec, "answers", where, dict)
+    texts, starts = required(answers, "text", where, list), required(answers, "answer_start", where, list)
+    context = required(rec, "context", where, str)
     for t, s in zip(texts, starts):
         if context[s:s + len(t)] != t:
             raise DataError(f"{where}: answer {t!r} is not at answer_start {s} of the context.")
-    return {"id": field(rec, "id", where), "question": field(rec, "question", where, str), "context": context,
+    return {"id": required(rec, "id", where), "question": required(rec, "question", where, str), "context": context,
             "answers": texts, "answer_starts": starts}
 
 
-def glue_label(value, num_labels, where):
-    if isinstance(value, str) and value in MNLI_LABELS:
-        value = MNLI_LABELS[value]
-    try:
-        label = int(value)
-    except (TypeError, ValueError):
-        label = -1
-    if not 0 <= label < num_labels:
-        raise DataError(f"{where}: label {value!r} is not one of the {num_labels} classes.")
-    return label
+def class_id(value, labels: tuple, where) -> int:
+    """A label as a file writes it -> its class id: the label itself (MNLI's "entailment", or SST-2's
+    1 read from a TSV as the text "1"), or else an id, as the hub's exports write every label."""
+    names = [str(label) for label in labels]
+    if str(value) in names:
+        return names.index(str(value))
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
+        return value
+    raise DataError(f"{where}: label {value!r} is not one of the {len(labels)} classes ({', '.join(names)}).")
 
 
-def parse_glue(task):
-    # column names: GLUE TSV release first, then the hub's export
-    first_keys, second_keys, label_keys = {
-        "sst2": (("sentence",), (), ("label",)),
-        "qqp": (("question1",), ("question2",), ("is_duplicate", "label")),
-        "mnli": (("sentence1", "premise"), ("sentence2", "hypothesis"), ("gold_label", "label")),
-    }[task.name]
-
-    def pick(rec, keys, where):
-        key = next((k for k in keys if isinstance(rec, dict) and k in rec), keys[0])
-        return field(rec, key, where)
-
-    def parse(rec, where):
-        second = pick(rec, second_keys, where) if second_keys else None
-        return {"id": rec.get("idx", rec.get("id", where)), "first": pick(rec, first_keys, where), "second": second,
-                "label": glue_label(pick(rec, label_keys, where), task.num_labels, where)}
-    return parse
+def parse_glue(rec, where, task):
+    """A GLUE-style record: one or two sentence columns and a label column, named by the task."""
+    def pick(keys):   # the first of the column's names that the record has (release, then hub)
+        return required(rec, next((k for k in keys if isinstance(rec, dict) and k in rec), keys[0]), where)
+    return {"id": rec.get("idx", rec.get("id", where)), "first": pick(task.first),
+            "second": pick(task.second) if task.second else None, "label": class_id(pick(task.label), task.labels, where)}
 
 
-def parser(task: Task):
-    return {"csqa": parse_csqa, "winogrande": parse_winogrande, "squad": parse_squad}.get(task.name) or parse_glue(task)
+# Models: RoBERTa-large for the "Sparsity May Cry" tasks (the paper's section 5), BERT-base for the
+# classic ones (section 6). Students: oBERT's 30-epoch recipe for BERT-base (lr 8e-5 -> 8e-6, re-warmed
+# at every pruning step). RoBERTa-large: SMC-Bench's fine-tuning LR and batch (1e-5, 16: its fairseq
+# CommonsenseQA script) and its warm-up (150 of 3000 updates, 5%; without one RoBERTa-large is known to
+# stay at chance on these tasks), trained longer as the second guideline asks (our choice: 10 epochs).
+# Teachers: the usual dense fine-tuning (BERT paper: 2e-5..5e-5, 2-3 epochs).
+SMC = dict(model="roberta-large", lr=1e-5, batch_size=16, epochs=10, teacher_lr=1e-5, teacher_epochs=5, warmup=0.05)
+
+TASKS = {t.name: t for t in [
+    Task(name="csqa", kind="multiple_choice", labels=tuple("ABCDE"), parse=parse_csqa, **SMC,
+         files={"train": "train_rand_split.jsonl", "validation": "dev_rand_split.jsonl"}, hub=("tau/commonsense_qa", None)),
+    Task(name="winogrande", kind="multiple_choice", labels=("1", "2"), parse=parse_winogrande, **SMC,
+         files={"train": "train_xl.jsonl", "validation": "dev.jsonl"}, hub=("allenai/winogrande", "winogrande_xl")),
+    Task(name="squad", kind="question_answering", labels=(), parse=parse_squad, metric="squad", max_length=384,
+         files={"train": "train-v1.1.json", "validation": "dev-v1.1.json"}, hub=("rajpurkar/squad", None),
+         batch_size=16, teacher_lr=5e-5, teacher_epochs=2),
+    Task(name="mnli", kind="classification", labels=("entailment", "neutral", "contradiction"),
+         first=("sentence1", "premise"), second=("sentence2", "hypothesis"), label=("gold_label", "label"),
+         files={"train": "train.tsv", "validation": "dev_matched.tsv"}, hub=("nyu-mll/glue", "mnli"),
+         hub_splits={"train": "train", "validation": "validation_matched"}),
+    Task(name="qqp", kind="classification", labels=(0, 1), metric="accuracy_f1",
+         first=("question1",), second=("question2",), label=("is_duplicate", "label"),
+         files={"train": "train.tsv", "validation": "dev.tsv"}, hub=("nyu-mll/glue", "qqp")),
+    Task(name="sst2", kind="classification", labels=(0, 1), first=("sentence",),
+         files={"train": "train.tsv", "validation": "dev.tsv"}, hub=("nyu-mll/glue", "sst2")),
+]}
 
 
 def find_file(task: Task, split: str, data_dir: Path) -> Path:
@@ -203,11 +224,17 @@ def find_file(task: Task, split: str, data_dir: Path) -> Path:
 
 def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
     """Examples of `split` ("train" or "validation"), from data_dir or, without it, the hub."""
-    parse = parser(task)
+    parse = task.parse or parse_glue
     if data_dir is not None:
         path = find_file(task, split, Path(data_dir))
         records = read_records(path)
     else:
+        from model import hub_reachable
+        cached_only = any(os.environ.get(k, "0").lower() not in ("0", "", "false", "no")
+                          for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        if not cached_only and not hub_reachable():   # fail in seconds, not after the client's retries
+            raise DataError(f"the Hugging Face hub cannot be reached to load {task.hub[0]}; download the "
+                            f"released files and pass --data-dir (or set HF_DATASETS_OFFLINE=1 to use a cached copy).")
         try:
             import datasets
             ds = datasets.load_dataset(task.hub[0], task.hub[1], split=task.hub_splits[split])
@@ -217,7 +244,7 @@ def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
         records = [(f"{task.hub[0]}[{split}] record {i + 1}", r) for i, r in enumerate(ds)]
     if not records:
         raise DataError(f"{task.name} {split} has no records; check the file.")
-    return [parse(r, where) for where, r in records]
+    return [parse(r, where, task) for where, r in records]
 
 
 # -----------------------------------------------------------------------------
