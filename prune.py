@@ -26,14 +26,16 @@ checkpoint. schedule.py says *when* and *how much* to prune.
 import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from model import ENCODER_LINEARS   # the six Linear names of a layer: query key value attn_out intermediate output
+from model import ENCODER_LINEARS, HEAD_MODULES   # query key value attn_out intermediate output; pooler and heads
 
 EMBEDDINGS = ("embeddings.word.weight", "embeddings.position.weight", "embeddings.token_type.weight")
-HEAD = ("pooler.weight", "head_dense.weight", "classifier.weight", "qa.weight")
+HEAD = tuple(f"{m}.weight" for m in HEAD_MODULES)
 GROUP = 4                                       # weights per group of the "4-block" pattern
 
 
@@ -61,8 +63,9 @@ def component(name: str) -> str:
 
 @torch.no_grad()
 def apply_masks(params: dict, masks: dict):
-    """w <- w * mask, exactly: pruned entries become (+/-) 0.0. An in-place multiply by the bool
-    mask is 2.5x faster than masked_fill_(~mask) on CPU (bench.py) and allocates nothing."""
+    """w <- w * mask, exactly: pruned entries become (+/-) 0.0. An in-place multiply by the bool mask
+    allocates nothing (masked_fill_(~mask) would first allocate ~mask); bench.py's "masked vs dense
+    step" row measures what keeping the masks costs a training step."""
     for name, mask in masks.items():
         params[name].mul_(mask)
 
@@ -211,18 +214,17 @@ def never_revive(scores: dict, masks: dict | None) -> dict:
     return {n: s.masked_fill(~masks[n], float("-inf")) if n in masks else s for n, s in scores.items()}
 
 
-def magnitude_masks(params: dict, sparsity: float, scope="global", pattern="unstructured", masks=None) -> dict:
-    """GMP: score |w|; for 4-block groups the group's 0.5 * ||w_Q||^2 (OBS with F = I)."""
-    scores = {}
-    for name, w in params.items():
-        w = w.detach().float()
-        if pattern == "4-block":
-            s = 0.5 * w.reshape(-1, GROUP).pow(2).sum(1, keepdim=True).expand(-1, GROUP)   # (numel/4, 4)
-        else:
-            s = w.abs()
-        scores[name] = s.reshape(w.shape)
+def select(scores: dict, sparsity: float, scope="global", pattern="unstructured", masks=None) -> dict:
+    """Scores -> keep-masks: the lowest-scoring round(sparsity * n) weights are pruned, globally or per
+    matrix (or the N best of every M kept). Never reviving: weights that `masks` already prunes score
+    -inf, so they are selected first and the new masks contain the old ones."""
     keep = masks_from_scores(never_revive(scores, masks), sparsity, scope, pattern)
-    return {n: k.view(params[n].shape) for n, k in keep.items()}
+    return {n: k.view(scores[n].shape) for n, k in keep.items()}
+
+
+def magnitude_masks(params: dict, sparsity: float, scope="global", pattern="unstructured", masks=None) -> dict:
+    """GMP's masks: `select` over `magnitude_scores`."""
+    return select(magnitude_scores(params, pattern), sparsity, scope, pattern, masks)
 
 
 # -----------------------------------------------------------------------------
@@ -321,17 +323,78 @@ def obert_update(weight: torch.Tensor, finv: torch.Tensor, newly_pruned: torch.T
     weight.copy_(new.masked_fill(newly_pruned, 0.0).to(weight.dtype))
 
 
+# -----------------------------------------------------------------------------
+# The criteria: one scoring function each, with one signature, and one registry.
+#
+#   score(weights, pattern, fisher) -> {name: scores}    each tensor the weight's shape; low = prune first.
+#                                                         4-block: every weight carries its group's score.
+#   update(weights, fisher, newly_pruned, pattern)       optional, in place, after selection (oBERT's OBS).
+#
+# Adding a criterion is one scoring function and one entry in METHODS: train.py reads its
+# --method choices, its checks and its pruning step from here (`prune_step`).
+
+@dataclass(frozen=True)
+class Method:
+    score: Callable                       # (weights, pattern, fisher) -> scores
+    update: Callable | None = None        # (weights, fisher, newly_pruned, pattern) -> None, in place
+    needs_fisher: bool = False            # train.py collects the inverse Fisher blocks first
+    help: str = ""
+
+
 @torch.no_grad()
+def magnitude_scores(weights: dict, pattern="unstructured", fisher=None) -> dict:
+    """GMP: |w_j|; for 4-block groups the group's 0.5 * ||w_Q||^2 (OBS with F = I)."""
+    scores = {}
+    for name, w in weights.items():
+        w = w.detach().float()
+        if pattern == "4-block":
+            s = 0.5 * w.reshape(-1, GROUP).pow(2).sum(1, keepdim=True).expand(-1, GROUP)   # (numel/4, 4)
+        else:
+            s = w.abs()
+        scores[name] = s.reshape(w.shape)
+    return scores
+
+
+@torch.no_grad()
+def obert_all_scores(weights: dict, pattern="unstructured", fisher=None) -> dict:
+    """oBERT: each tensor's scores from its own inverse Fisher blocks, fisher[name] (`obert_scores`)."""
+    return {n: obert_scores(w, fisher[n], pattern) for n, w in weights.items()}
+
+
+@torch.no_grad()
+def obert_all_updates(weights: dict, fisher: dict, newly_pruned: dict, pattern="unstructured"):
+    """oBERT: the OBS update of each tensor for its newly pruned weights (`obert_update`)."""
+    for n, w in weights.items():
+        obert_update(w, fisher[n], newly_pruned[n], pattern)
+
+
+METHODS = {
+    "gmp": Method(magnitude_scores, help="gradual magnitude pruning, |w| (the default: the paper shows that "
+                                         "tuned GMP suffices)"),
+    "obert": Method(obert_all_scores, obert_all_updates, needs_fisher=True,
+                    help="the Optimal BERT Surgeon, w^2 / (2 [F^-1]_jj) with the OBS update; its Fisher costs "
+                         "d*B*4 bytes, 60 GB for roberta-large at B=50"),
+}
+
+
+@torch.no_grad()
+def prune_step(weights: dict, method: Method, sparsity: float, scope="global", pattern="unstructured",
+               masks=None, fisher=None) -> dict:
+    """One pruning step of any criterion: score, select (never reviving), update; returns the keep-masks.
+    Weights are zeroed here only by a method that moves them (its update also moves earlier-pruned
+    weights); train.py applies the masks to every method's weights right after."""
+    keep = select(method.score(weights, pattern, fisher), sparsity, scope, pattern, masks)
+    if method.update is not None:
+        newly = {n: ~keep[n] if not masks else masks[n] & ~keep[n] for n in weights}
+        method.update(weights, fisher, newly, pattern)
+        for n, w in weights.items():
+            w.masked_fill_(~keep[n], 0.0)
+    return keep
+
+
 def obert_prune(params: dict, finvs: dict, sparsity: float, scope="global", pattern="unstructured", masks=None):
     """One oBERT pruning step: scores from each F^-1, new masks (containing the old), OBS update."""
-    scores = {n: obert_scores(params[n], finvs[n], pattern) for n in params}
-    keep = masks_from_scores(never_revive(scores, masks), sparsity, scope, pattern)
-    keep = {n: k.view(params[n].shape) for n, k in keep.items()}
-    for n, w in params.items():
-        newly = ~keep[n] if not masks else masks[n] & ~keep[n]
-        obert_update(w, finvs[n], newly, pattern)
-        w.masked_fill_(~keep[n], 0.0)       # the update also moved earlier-pruned weights: re-zero
-    return keep
+    return prune_step(params, METHODS["obert"], sparsity, scope, pattern, masks, finvs)
 
 
 # -----------------------------------------------------------------------------
