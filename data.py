@@ -77,6 +77,19 @@ def read_records(path: Path) -> list[tuple[str, object]]:
     """(where, record) pairs; `where` is "file:line" or "file:record N" for error messages."""
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; re-download the dataset file.")
+    try:
+        return parse_records(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); re-download the dataset file.")
+    except csv.Error as e:
+        raise DataError(f"{path} is not a readable TSV file ({e}); re-download the dataset file.")
+    except (OSError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); re-download the dataset file.")
+
+
+def parse_records(path: Path) -> list[tuple[str, object]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
         return [(f"{path}:record {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
@@ -323,8 +336,13 @@ def encode(task: Task, examples: list[dict], tok, max_length=None, stride=128) -
 def encode_squad(examples, tok, max_length, stride):
     """Overlapping windows over the context: max_length tokens, `stride` tokens shared by neighbours."""
     tok.enable_truncation(max_length, stride=stride, strategy="only_second")
-    encs = tok.encode_batch([(e["question"].lstrip(), e["context"]) for e in examples])
-    tok.no_truncation()
+    try:
+        encs = tok.encode_batch([(e["question"].lstrip(), e["context"]) for e in examples])
+    except Exception as e:   # a question too long to leave room for `stride` context tokens
+        raise DataError(f"a question is too long for windows of {max_length} tokens with a stride of {stride} "
+                        f"({e}); pass a larger --max-length.") from None
+    finally:
+        tok.no_truncation()
     features = []
     for i, (e, enc) in enumerate(zip(examples, encs)):
         for window in [enc] + enc.overflowing:

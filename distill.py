@@ -17,7 +17,7 @@ carries almost nothing beyond the hard label. For teacher logits z_t = (8, 2, 0)
     T = 5.5                    = (0.6372, 0.2140, 0.1488)   how the teacher ranks the wrong answers
 
 The T^2 factor keeps the gradient's size independent of T (the soft targets' gradients scale
-as 1/T^2). train.py calls `kd_loss` on the student's and the (eval-mode, no-grad) teacher's
+as 1/T^2). `python distill.py` prints these numbers. train.py calls `kd_loss` on the student's and the (eval-mode, no-grad) teacher's
 logits of the same batch and mixes it with the task loss through `combine`.
 """
 import torch
@@ -59,3 +59,22 @@ def combine(task_loss, kd, hardness: float = HARDNESS):
     if hardness == 1.0:
         return kd
     return (1.0 - hardness) * task_loss + hardness * kd
+
+
+def worked_example():
+    """The numbers of the docstring, computed: what the student sees at each temperature."""
+    z_t = torch.tensor([8.0, 2.0, 0.0])                   # a confident teacher's logits
+    z_s = torch.tensor([4.0, 3.0, 1.0])                   # a student that ranks the same way, less surely
+    print("teacher logits z_t = (8, 2, 0); student logits z_s = (4, 3, 1)")
+    print(f"{'T':>5}  {'softmax(z_t / T)':>26}  {'kd = T^2 KL(p_t || p_s)':>24}")
+    for T in (1.0, 2.0, TEMPERATURE):
+        p_t = F.softmax(z_t / T, dim=-1)
+        kd = kd_loss(z_s[None], z_t[None], T)
+        print(f"{T:5.1f}  ({', '.join(f'{p:.4f}' for p in p_t)})  {kd.item():24.4f}")
+    task = F.cross_entropy(z_s[None], torch.tensor([0]))
+    print(f"combine(task = {task.item():.4f}, kd at T = {TEMPERATURE}, h = {HARDNESS}) = "
+          f"{combine(task, kd_loss(z_s[None], z_t[None]), HARDNESS).item():.4f}  (h = 1: the teacher alone)")
+
+
+if __name__ == "__main__":
+    worked_example()

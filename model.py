@@ -359,13 +359,13 @@ def normalise_key(key: str) -> str | None:
     return key
 
 
-def from_pretrained(name_or_path, head=None, num_labels=None) -> Encoder:
+def from_pretrained(name_or_path, head=None, num_labels=None, verbose=True) -> Encoder:
     """Load a BERT/RoBERTa checkpoint (local folder or hub id) with an optional task head.
 
     num_labels: for head="classification"; defaults to the checkpoint's own label count.
     Base-model weights are accepted with or without the `bert.`/`roberta.` prefix. Every
     encoder weight must be present with the right shape; head weights the checkpoint lacks are
-    initialised (normal(0, initializer_range), zero bias) and listed in one printed line.
+    initialised (normal(0, initializer_range), zero bias) and listed in one printed line (verbose).
     """
     folder = resolve_folder(name_or_path)
     cfg = load_config(folder)
@@ -398,8 +398,11 @@ def from_pretrained(name_or_path, head=None, num_labels=None) -> Encoder:
                 raise CheckpointError(f"checkpoint key {ref} has shape {tuple(found.shape)} but the model "
                                       f"needs {tuple(param.shape)}; check config.json"
                                       + (" or num_labels" if is_head else "") + ".")
+            if not torch.isfinite(found).all():
+                raise CheckpointError(f"checkpoint key {ref} in {folder} holds non-finite values (NaN or inf); "
+                                      f"pass a model that trained without diverging.")
             param.copy_(found.to(param.dtype))
-    if missing:
+    if missing and verbose:
         print(f"initialised {len(missing)} weights the checkpoint lacks (new task head): {', '.join(missing)}")
     return model.eval()
 
@@ -432,6 +435,13 @@ def save_pretrained(model: Encoder, folder):
         tmp = folder / (name + ".tmp")
         if data is None:
             save_file(tensors, str(tmp), metadata={"format": "pt"})
+            os.chmod(tmp, 0o666 & ~current_umask())   # safetensors writes 0600; give it its neighbours' mode
         else:
             tmp.write_text(data)
         os.replace(tmp, folder / name)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

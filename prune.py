@@ -158,9 +158,16 @@ def select_lowest(scores: list[torch.Tensor], count: int) -> list[torch.Tensor]:
 
 
 def parse_nm(pattern: str) -> tuple[int, int] | None:
+    """"2:4" -> (2, 4); None for the other patterns; ValueError unless 0 < N < M are whole numbers."""
     if ":" not in pattern:
         return None
-    n, m = (int(x) for x in pattern.split(":"))
+    try:
+        n, m = (int(x) for x in pattern.split(":"))
+    except ValueError:
+        raise ValueError(f"pattern {pattern!r} is not N:M with whole numbers; pass e.g. 2:4") from None
+    if not 0 < n < m:
+        raise ValueError(f"pattern {pattern} keeps {n} of every {m} weights, but N:M needs 0 < N < M; "
+                         f"pass e.g. 2:4")
     return n, m
 
 

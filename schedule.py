@@ -27,7 +27,7 @@ then calls prune.py with `sparsity_at(step)`.
     python schedule.py --sparsity 0.9 --steps 30000     # print the events and a text plot
 """
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,17 @@ class Schedule:
         span = max(self.t_end - self.t_0, 1)
         progress = min(max((t - self.t_0) / span, 0.0), 1.0)
         return self.target + (self.s_i - self.target) * (1.0 - progress) ** 3
+
+    def reaches_target(self) -> bool:
+        """Whether the last pruning step, t_end, falls inside the run (steps 0 .. total_steps - 1)."""
+        return self.target == 0 or self.t_end < self.total_steps
+
+    def min_steps(self) -> int:
+        """The fewest total steps with which this schedule (same fractions) still reaches its target."""
+        n = 1
+        while not replace(self, total_steps=n).reaches_target():
+            n += 1
+        return n
 
     def sparsity_at(self, step: int) -> float:
         """The sparsity in force during optimizer step `step`: that of the last pruning step <= step."""

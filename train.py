@@ -44,11 +44,23 @@ from schedule import Schedule
 # The flags that do NOT define a run: a folder's run.json must match every other argument
 # (so a new flag defines the run unless it is listed here).
 NOT_RUN_DEFINING = ("resume", "overwrite", "out_dir", "device", "compile", "log_every", "checkpoint_every",
-                    "stop_after")
+                    "stop_after", "keep_checkpoints")
+# What a run writes into --out-dir, and so all that --overwrite may ever delete (with *.tmp twins).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
+RUN_FILES = {(): ("run.json", "results.json", "sparsity_report.txt"),
+             ("model",): ("config.json", "model.safetensors") + TOKENIZER_FILES,
+             ("teacher",): ("checkpoint.pt", "log.jsonl"),
+             ("teacher", "model"): ("config.json", "model.safetensors") + TOKENIZER_FILES,
+             ("student",): ("checkpoint.pt", "log.jsonl")}
 
 
 class UsageError(Exception):
     """Bad input found before any work: one sentence, exit code 2."""
+
+
+class NonFinite(Exception):
+    """A loss or gradient became NaN or infinite: the run stops, nothing is exported."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,10 @@ def parse_args(argv=None):
     a("--seed", type=int, default=42, help="random seed (initialisation, dropout, data order)")
     a("--out-dir", default="out", help="output folder")
     a("--resume", action="store_true", help="continue from the checkpoints in --out-dir")
-    a("--overwrite", action="store_true", help="discard whatever --out-dir holds")
+    a("--overwrite", action="store_true", help="replace the earlier run in --out-dir (only ever deletes what a run "
+                                                   "of train.py wrote there)")
+    a("--keep-checkpoints", action="store_true", help="keep OUT/teacher and OUT/student checkpoints after a "
+                                                      "successful export (deleted by default)")
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype; auto = bf16 on CUDA")
     a("--compile", action="store_true", help="torch.compile the model for training")
@@ -155,28 +170,165 @@ def resolve(args):
             setattr(args, key, value)
     args.lr_min = args.lr / 10 if args.lr_min is None else args.lr_min
     args.block_size = args.block_size or (32 if args.pattern == "4-block" else 50)
-    args.max_length = args.max_length or task.max_length
     args.kd = not args.no_kd and (args.sparsity > 0 or args.teacher is not None)
-    try:
+    check_numbers(args)
+    try:       # load the weights once, fully, so that a corrupt file stops the run here
         args.model_folder = str(modeling.resolve_folder(args.model))
-        modeling.load_config(Path(args.model_folder))
+        args.max_length = check_max_length(args.max_length, task, modeling.load_config(Path(args.model_folder)))
+        load_model(args.model_folder, task, args.seed, "cpu", verbose=False)
         if args.teacher:
             check_teacher(args.teacher, task)
+            load_model(args.teacher, task, args.seed, "cpu", verbose=False)
     except modeling.CheckpointError as e:
         raise UsageError(str(e))
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder; pass the folder holding the task's files.")
-    out = Path(args.out_dir)
-    if (out / "run.json").is_file() and not (args.resume or args.overwrite):
-        before = json.loads((out / "run.json").read_text())
-        if run_defining(before) != run_defining(vars(args)):
-            raise UsageError(f"{out} holds a different run; pass --resume to continue it, --overwrite to "
-                             f"replace it, or another --out-dir.")
+    check_out_dir(args)
     return args
+
+
+# (argument, test, what it must be, a good value)
+NUMBER_RULES = [
+    ("batch_size", lambda v: v >= 1, "at least 1", 16), ("grad_accum", lambda v: v >= 1, "at least 1", 1),
+    ("checkpoint_every", lambda v: v >= 1, "at least 1", 500), ("log_every", lambda v: v >= 1, "at least 1", 10),
+    ("num_grads", lambda v: v >= 1, "at least 1", 1024), ("block_size", lambda v: v >= 1, "at least 1", 50),
+    ("max_steps", lambda v: v >= 1, "at least 1", 1000), ("limit_train", lambda v: v >= 1, "at least 1", 1000),
+    ("limit_eval", lambda v: v >= 1, "at least 1", 1000), ("stop_after", lambda v: v >= 1, "at least 1", 100),
+    ("max_length", lambda v: v >= 16, "at least 16 (room for the special tokens and some text)", 128),
+    ("epochs", lambda v: v > 0, "above 0", 3), ("teacher_epochs", lambda v: v > 0, "above 0", 3),
+    ("lr", lambda v: 0 < v <= 1, "above 0 and at most 1", 8e-5),
+    ("teacher_lr", lambda v: 0 < v <= 1, "above 0 and at most 1", 2e-5),
+    ("lr_min", lambda v: 0 <= v <= 1, "between 0 and 1", 8e-6),
+    ("weight_decay", lambda v: 0 <= v <= 1, "between 0 and 1", 0.01),
+    ("clip", lambda v: v > 0, "above 0", 1.0), ("damp", lambda v: v > 0, "above 0", 1e-7),
+    ("temperature", lambda v: v > 0, "above 0 (the paper's is 5.5)", 5.5),
+    ("hardness", lambda v: 0 <= v <= 1, "between 0 and 1", 1.0),
+    ("init_sparsity", lambda v: 0 <= v < 1, "in [0, 1)", 0.7), ("warmup", lambda v: 0 <= v < 1, "in [0, 1)", 0.05),
+    ("warmup_steps", lambda v: v >= 0, "0 or more", 0),
+]
+
+
+def check_numbers(args):
+    """Every number on the command line, checked against what it means (None: not given, fine)."""
+    for name, ok, what, good in NUMBER_RULES:
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} is {value}, but it must be {what}; pass e.g. {flag} {good}.")
+    if args.pattern == "4-block" and args.block_size % prune.GROUP:
+        raise UsageError(f"--block-size {args.block_size} does not hold whole groups of 4 weights; pass a multiple of "
+                         f"4 (the 4-block recipe's is 32).")
+
+
+def check_max_length(max_length, task, cfg) -> int:
+    """Sequences must fit the position embeddings (RoBERTa's start at pad_token_id + 1): the task's own
+    length is shortened to fit, an asked-for --max-length that does not fit is refused."""
+    limit = cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.model_type == "roberta" else 0)
+    if max_length is None:
+        return min(task.max_length, limit)
+    if max_length > limit:
+        raise UsageError(f"--max-length {max_length} is longer than the model's {limit} positions; "
+                         f"pass --max-length {limit} or less.")
+    return max_length
 
 
 def run_defining(arguments: dict) -> dict:
     return {k: v for k, v in arguments.items() if k not in NOT_RUN_DEFINING}
+
+
+# -----------------------------------------------------------------------------
+# The output folder: a user's files are never lost.
+
+WRITTEN_BY = "prune-lm train.py"     # run.json's mark: this folder holds a run of ours
+
+
+def files_in(out: Path) -> tuple[list, list]:
+    """Every file under `out`, as paths relative to it: (those a run writes, anything else)."""
+    ours, foreign = [], []
+    for folder, _, files in os.walk(out):
+        rel = Path(folder).relative_to(out)
+        for name in files:
+            written = name.removesuffix(".tmp") in RUN_FILES.get(rel.parts, ())
+            (ours if written else foreign).append(rel / name)
+    return sorted(ours), sorted(foreign)
+
+
+def read_run_json(out: Path) -> dict | None:
+    """The arguments of the run that `out` holds, or None if it holds none of ours."""
+    try:
+        before = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    legacy = isinstance(before, dict) and {"task", "sparsity", "method", "out_dir"} <= before.keys()
+    return before if isinstance(before, dict) and (before.get("written_by") == WRITTEN_BY or legacy) else None
+
+
+def differences(before: dict, args) -> list[str]:
+    now = run_defining(vars(args))
+    return [f"--{k.replace('_', '-')} {before.get(k)} there, {now[k]} now" for k in now if before.get(k) != now[k]]
+
+
+def check_out_dir(args):
+    """What --out-dir holds decides what this run may do to it. Nothing is written or deleted here."""
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out-dir {out} is a file; pass a folder (new, empty, or an earlier run's).")
+    ours, foreign = files_in(out) if out.is_dir() else ([], [])
+    before = read_run_json(out)
+    if before is None:
+        if ours or foreign:
+            raise UsageError(f"--out-dir {out} holds files that train.py did not write (such as {(ours + foreign)[0]}); "
+                             f"pass a new or empty folder.")
+        return                                        # new or empty: a fresh run
+    if args.overwrite:
+        if foreign:
+            raise UsageError(f"--overwrite deletes only what train.py wrote, but {out} also holds {foreign[0]}; "
+                             f"move it out, or pass another --out-dir.")
+        return
+    changed = differences(before, args)
+    if changed:
+        fix = ("pass that run's arguments to resume it, or another --out-dir" if args.resume else
+               "pass --resume with that run's arguments to continue it, --overwrite to replace it, or another --out-dir")
+        raise UsageError(f"{out} holds a different run ({'; '.join(changed[:3])}); {fix}.")
+    if not args.resume and [p for p in ours if p != Path("run.json")]:
+        state = "finished" if (out / "results.json").is_file() else "not finished"
+        raise UsageError(f"{out} already holds this run ({state}); pass --resume to continue it, or --overwrite "
+                         f"to start it again.")
+
+
+def prepare_out_dir(args, rt):
+    """Rank 0: --overwrite deletes the earlier run's files (only those), the leftovers of an interrupted
+    write go, and run.json records the arguments (once: a resumed run keeps its own); the others wait."""
+    out = Path(args.out_dir)
+    if rt.rank == 0:
+        ours, _ = files_in(out) if out.is_dir() else ([], [])
+        for rel in ours:
+            if args.overwrite or rel.suffix == ".tmp":
+                (out / rel).unlink()
+        for rel in sorted(RUN_FILES, key=len, reverse=True):       # emptied folders of ours, deepest first
+            if rel and (out.joinpath(*rel)).is_dir() and not any(out.joinpath(*rel).iterdir()):
+                out.joinpath(*rel).rmdir()
+        out.mkdir(parents=True, exist_ok=True)
+        if args.overwrite or read_run_json(out) is None:
+            write_atomic(out / "run.json", json.dumps({"written_by": WRITTEN_BY, **vars(args)}, indent=1))
+    if rt.distributed:
+        torch.distributed.barrier()
+
+
+def write_atomic(path: Path, text: str):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def delete_checkpoints(out: Path) -> int:
+    """After a successful export: the phases' checkpoints go (unless --keep-checkpoints); bytes freed."""
+    freed = 0
+    for path in (out / "teacher" / "checkpoint.pt", out / "student" / "checkpoint.pt"):
+        if path.is_file():
+            freed += path.stat().st_size
+            path.unlink()
+    return freed
 
 
 def check_teacher(folder, task):
@@ -254,21 +406,33 @@ def forward_backward(net, teacher, batches, task, args, rt):
     return total, tokens
 
 
-def masked_step(opt, model, masks, lr, clip):
+def masked_gradients(model, masks, clip) -> torch.Tensor:
+    """Zero the gradients of pruned weights, then clip all to norm `clip`; returns the norm before
+    clipping (under DDP the same on every rank: it is computed from the averaged gradients)."""
+    prune.mask_gradients(dict(model.named_parameters()), masks)
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+
+
+def masked_step(opt, model, masks, lr):
     """AdamW at `lr`, with pruned weights held at exactly 0.
 
     A pruned weight gets no gradient, so AdamW's moments stay exactly 0 there (they were zeroed
     when it was pruned), its update is 0 / (0 + eps) = 0 and weight decay scales 0; re-applying
     the masks after the step makes that hold whatever the optimizer does.
     """
-    params = dict(model.named_parameters())
     for group in opt.param_groups:
         group["lr"] = lr
-    prune.mask_gradients(params, masks)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    prune.apply_masks(params, masks)
+    prune.apply_masks(dict(model.named_parameters()), masks)
+
+
+def all_finite(loss: float, grad_norm: torch.Tensor, rt) -> bool:
+    """Whether this step's loss and gradients are finite on every rank (one flag, all-reduced)."""
+    bad = torch.tensor([0.0 if math.isfinite(loss) and torch.isfinite(grad_norm) else 1.0], device=rt.device)
+    if rt.distributed:
+        torch.distributed.all_reduce(bad)
+    return bad.item() == 0.0
 
 
 # -----------------------------------------------------------------------------
@@ -411,7 +575,7 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         log(rt, f"{phase}: resumed at step {step}")
     pruning_steps, cycle_ends = set(sched.pruning_steps()), {b for _, b in sched.cycles()[:-1]}
     log_file = open(out / "log.jsonl", "a") if rt.rank == 0 else None
-    t0, tokens = time.time(), 0
+    t0, tokens, saved = time.time(), 0, step if step else None
     tokens_per_s = lambda: tokens * rt.world / max(time.time() - t0, 1e-9)
     model.train()
     for batches in optimizer_batches(d.loader, args.grad_accum, step, sched.total_steps):
@@ -421,9 +585,14 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         # 2. forward and backward over grad_accum micro-batches (distilled from the teacher, if any)
         loss, n_tokens = forward_backward(net, teacher, batches, d.task, args, rt)
         tokens += n_tokens
-        # 3. AdamW at the schedule's LR, pruned weights held at 0
+        # 3. AdamW at the schedule's LR, pruned weights held at 0; a NaN or inf stops the run before it
+        grad_norm = masked_gradients(model, masks, args.clip)
+        if not all_finite(loss, grad_norm, rt):
+            raise NonFinite(f"the {phase} diverged at step {step} (loss {loss:g}, gradient norm {float(grad_norm):g}), "
+                            + (f"after the checkpoint of step {saved} in {out}" if saved else "before any checkpoint")
+                            + "; nothing was exported: lower --lr, or check --temperature and the teacher")
         lr = sched.lr_at(step)
-        masked_step(opt, model, masks, lr, args.clip)
+        masked_step(opt, model, masks, lr)
         # 4. with step + 1 steps done: log, evaluate at the end of a pruning cycle, checkpoint
         done = step + 1
         if done % args.log_every == 0 or done == sched.total_steps:
@@ -436,6 +605,7 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
             log_record(rt, log_file, {"phase": phase, "step": done, "eval": metric})
         if done % args.checkpoint_every == 0 or done in (sched.total_steps, args.stop_after):
             save_checkpoint(out / "checkpoint.pt", model, opt, masks, done, args, rt)
+            saved = done
         if done == args.stop_after:
             log(rt, f"{phase}: stopped after step {done} (--stop-after); continue with --resume")
             return Fitted(masks, tokens_per_s(), stopped=True)
@@ -484,9 +654,9 @@ def warmup_steps(args, total) -> int:
     return args.warmup_steps if args.warmup_steps is not None else round(args.warmup * total)
 
 
-def load_model(folder, task, seed, device):
+def load_model(folder, task, seed, device, verbose=True):
     torch.manual_seed(seed)    # a new task head starts from the same init on every rank
-    m = modeling.from_pretrained(folder, head=task.kind,
+    m = modeling.from_pretrained(folder, head=task.kind, verbose=verbose,
                                  num_labels=task.num_labels if task.kind == "classification" else None)
     return m.to(device).train()
 
@@ -532,6 +702,9 @@ def export(student, fitted, teacher_metric, d, args, rt, start):
     if rt.rank != 0:
         return
     out = Path(args.out_dir)
+    bad = [n for n, p in student.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise NonFinite(f"the student's {bad[0]} holds NaN or inf after training; nothing was exported: lower --lr")
     metric = evaluate(student, d, 2 * args.batch_size, rt)
     student.save_pretrained(out / "model")
     for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
@@ -544,26 +717,13 @@ def export(student, fitted, teacher_metric, d, args, rt, start):
                "tokens_per_s": round(fitted.tokens_per_s, 1), "wall_time_s": round(time.time() - start, 1),
                "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "world_size": rt.world,
                "masks_equal_across_ranks": same_masks, "args": vars(args)}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "sparsity_report.txt").write_text(report + "\n")
+    write_atomic(out / "sparsity_report.txt", report + "\n")
+    write_atomic(out / "results.json", json.dumps(results, indent=1))    # last: its presence means finished
     log(rt, f"{args.task}: {metric}; encoder sparsity {results['sparsity']['encoder']:.4f}; exported to {out / 'model'}")
-
-
-def prepare_out_dir(args, rt):
-    """Rank 0 empties the folder (--overwrite) and records the run's arguments; the others wait."""
-    out = Path(args.out_dir)
-    if rt.rank == 0:
-        if args.overwrite and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps(vars(args), indent=1))
-    if rt.distributed:
-        torch.distributed.barrier()
-
-
-def fail(message):
-    print(f"train.py: {message}", file=sys.stderr)
-    sys.exit(2)
+    if not args.keep_checkpoints:
+        freed = delete_checkpoints(out)
+        if freed:
+            log(rt, f"deleted the checkpoints ({freed / 1e6:.0f} MB); pass --keep-checkpoints to keep them")
 
 
 # -----------------------------------------------------------------------------
@@ -574,38 +734,70 @@ def main(argv=None):
         args = resolve(args)
     except UsageError as e:
         fail(e)
+    if args.resume and (Path(args.out_dir) / "results.json").is_file():
+        return already_finished(args)
     rt = start_runtime(args)
-    try:   # the data is read and encoded before anything is written: a malformed file stops here
+    try:   # the data is read and encoded, and the schedule checked, before anything is written
         d = load_data(args, data.TASKS[args.task], rt)
-    except (data.DataError, modeling.CheckpointError) as e:
-        fail(e)
-    if len(d.loader) // args.grad_accum == 0:
-        fail("fewer training examples than one optimizer step needs; lower --batch-size or --grad-accum.")
+        sched = student_schedule(args, d)
+    except (UsageError, data.DataError, modeling.CheckpointError) as e:
+        fail(e, rt)
     prepare_out_dir(args, rt)
     start = time.time()
-
-    # a) the dense teacher, fine-tuned here unless given
-    teacher, teacher_metric = None, None
-    if args.kd:
-        teacher, teacher_metric = get_teacher(args, d, rt)
-        if teacher is None:                              # --stop-after, while training the teacher
-            return finish(rt)
-
-    # b) the student, pruned gradually while it learns (from the teacher)
-    student = load_model(args.model_folder, d.task, args.seed, rt.device)
-    total = phase_steps(args.epochs, args, d)
-    sched = Schedule(total, args.sparsity, args.init_sparsity, args.schedule, args.lr, args.lr_min,
-                     warmup_steps(args, total))
-    fitted = fit("student", student, teacher, d, sched, args, rt)
-
-    # c) evaluate and export
-    if not fitted.stopped:
-        export(student, fitted, teacher_metric, d, args, rt, start)
+    try:
+        # a) the dense teacher, fine-tuned here unless given
+        teacher, teacher_metric = None, None
+        if args.kd:
+            teacher, teacher_metric = get_teacher(args, d, rt)
+            if teacher is None:                          # --stop-after, while training the teacher
+                return finish(rt)
+        # b) the student, pruned gradually while it learns (from the teacher)
+        student = load_model(args.model_folder, d.task, args.seed, rt.device)
+        fitted = fit("student", student, teacher, d, sched, args, rt)
+        # c) evaluate and export
+        if not fitted.stopped:
+            export(student, fitted, teacher_metric, d, args, rt, start)
+    except NonFinite as e:
+        if rt.rank == 0:
+            print(f"train.py: {e}.", file=sys.stderr)
+        finish(rt)
+        sys.exit(2)
     finish(rt)
 
 
+def student_schedule(args, d) -> Schedule:
+    """The student's schedule, refused up front if the run is too short to end at its target."""
+    if len(d.loader) // args.grad_accum == 0:
+        raise UsageError("fewer training examples than one optimizer step needs; lower --batch-size or --grad-accum.")
+    total = phase_steps(args.epochs, args, d)
+    sched = Schedule(total, args.sparsity, args.init_sparsity, args.schedule, args.lr, args.lr_min,
+                     warmup_steps(args, total))
+    if not sched.reaches_target():
+        raise UsageError(f"the student's {total} optimizer steps are too few for the schedule to reach sparsity "
+                         f"{args.sparsity:g} (its last pruning step is step {sched.t_end}); raise --epochs or "
+                         f"--max-steps to give it at least {sched.min_steps()} steps.")
+    return sched
+
+
+def already_finished(args):
+    """--resume on a finished run: nothing to train; say where its results are (and drop its checkpoints)."""
+    out = Path(args.out_dir)
+    freed = 0 if args.keep_checkpoints else delete_checkpoints(out)
+    print(f"{out} holds this run, finished: {out / 'results.json'}"
+          + (f" (deleted its checkpoints, {freed / 1e6:.0f} MB)" if freed else ""), flush=True)
+
+
+def fail(message, rt=None):
+    print(f"train.py: {message}", file=sys.stderr)
+    if rt is not None and rt.distributed:          # every rank checked the same inputs and stops here too
+        torch.distributed.destroy_process_group()
+    sys.exit(2)
+
+
 def finish(rt):
+    """Under torchrun: wait until every rank is done (rank 0 evaluates and exports), then tear down."""
     if rt.distributed:
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -42,7 +42,8 @@ def watch_masks(monkeypatch):
 @pytest.mark.parametrize("method", ["gmp", "obert"])
 def test_short_run_reaches_target_with_embeddings_and_head_dense(tmp_path, tiny_bert_with_vocab, monkeypatch, method):
     seen = watch_masks(monkeypatch)
-    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.8", "--method", method, "--num-grads", "4"))
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.8", "--method", method, "--num-grads", "4",
+                        "--keep-checkpoints"))
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["sparsity"]["encoder"] == pytest.approx(0.8, abs=5e-4)
     assert res["sparsity"]["head"] == 0.0 and res["sparsity"]["embeddings"] < 0.02   # only [PAD]'s zero row
@@ -124,10 +125,10 @@ def test_output_folder_of_a_different_run_is_refused(tmp_path, tiny_bert_with_vo
     train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0", "--no-kd", "--epochs", "1"))
     before = (tmp_path / "results.json").read_text()
     with pytest.raises(SystemExit) as e:
-        train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd", "--epochs", "1"))
+        train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd", "--epochs", "2"))
     assert e.value.code == 2 and "holds a different run" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == before
-    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd", "--epochs", "1", "--overwrite"))
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd", "--epochs", "2", "--overwrite"))
     assert json.loads((tmp_path / "results.json").read_text())["target_sparsity"] == 0.5
 
 
