@@ -16,7 +16,9 @@ CUDA when present, in bf16 autocast there):
 `transformers` is used here as the reference only; it is a test/bench dependency, not the library's.
 """
 import argparse
+import math
 import time
+from pathlib import Path
 
 import torch
 
@@ -127,34 +129,130 @@ def masked_vs_dense(folder, B, T, device, dtype, iters):
     return med["masked"], med["dense"], spread
 
 
-def obert_costs(folder, device_name, grads_to_time):
-    """Per-gradient Fisher cost and score + update on the real MiniLM encoder (run in a fresh process)."""
+def rss_bytes():
+    """Resident memory of this process now (VmRSS)."""
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+
+
+def sst2_loader(folder, data_dir, batch_size, limit=20000, seed=0):
+    """Real SST-2 training sentences (data_dir, else the tests' three fixtures), padded batches."""
+    import data
+    from pathlib import Path
+    task = data.TASKS["sst2"]
+    where = Path(data_dir) if data_dir and (Path(data_dir) / "sst2").is_dir() else Path(__file__).parent / "tests" / "fixtures"
+    examples = data.load_split(task, "train", where)[:limit]
+    tok = data.load_tokenizer(folder)
+    return data.make_loader(data.encode(task, examples, tok, 128), batch_size, True, seed, data.pad_id(tok))
+
+
+def fisher_costs(folder, data_dir, num_grads, device_name):
+    """oBERT's Fisher on real MiniLM gradients of SST-2 batches of 8, 70% pruned (fresh process).
+
+    Per gradient: the forward + backward (eval mode, masked) that produces it, and the chunked
+    update of EmpiricalFisher; then the one inverse; the accumulating Fisher's memory (measured
+    after the first chunk, so both the blocks and the chunk buffers are resident); float32
+    against float64 on two tensors; Sherman-Morrison for comparison; a whole-row matrix-free
+    Fisher of one tensor; and one score + select + update at 80%.
+    """
+    import itertools
+    import torch.nn.functional as F
     device = torch.device(device_name)
-    minilm = modeling.from_pretrained(folder)
-    params = {n: p.detach().to(device) for n, p in minilm.named_parameters() if n in set(prune.prunable_names(minilm))}
-    d = sum(p.numel() for p in params.values())
-    B = 50
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    rss0 = peak_rss_bytes()
-    finvs = {n: prune.init_fisher_inverse(p.numel(), B, 1e-7, device) for n, p in params.items()}
-    held = (torch.cuda.memory_allocated() - base) if device.type == "cuda" else peak_rss_bytes() - rss0
-    grads = {n: torch.randn_like(p) * 1e-3 for n, p in params.items()}
-    t_sm = timed(lambda: [prune.add_gradient(finvs[n], grads[n], 1024) for n in params], device, grads_to_time)
+    torch.manual_seed(0)
+    model = modeling.from_pretrained(folder, head="classification", num_labels=2, verbose=False).to(device).eval()
+    params = dict(model.named_parameters())
+    names = prune.prunable_names(model)
+    masks = prune.magnitude_masks({n: params[n] for n in names}, 0.7)
+    prune.apply_masks(params, masks)
+    d, B, damp = sum(params[n].numel() for n in names), 50, 1e-7
+    kept = {n: [] for n in ("layers.0.query.weight", "layers.5.attn_out.weight")}    # for float32 vs float64
+    row_name, row_m = "layers.0.output.weight", min(256, num_grads)                  # B = 1536 > m: matrix-free
+    row = prune.EmpiricalFisher({row_name: params[row_name].shape}, "row", row_m, damp, device=device)
+    row.store[row_name].zero_()                                     # resident before the baseline is read
+    batches = itertools.chain.from_iterable(itertools.repeat(sst2_loader(folder, data_dir, 8)))
+    batch = {k: v.to(device) for k, v in next(batches).items()}     # a warm-up backward: gradients resident
+    F.cross_entropy(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"]).backward()
+    rss0 = rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
+    fisher = prune.EmpiricalFisher({n: params[n].shape for n in names}, B, num_grads, damp, device=device)
+    t_fb = t_add = t_row = 0.0
+    held = None
+    for i in range(num_grads):
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        sync(device)
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"]).backward()
+        prune.mask_gradients(params, masks)
+        sync(device)
+        t1 = time.perf_counter()
+        fisher.add({n: params[n].grad for n in names})
+        sync(device)
+        t2 = time.perf_counter()
+        t_fb, t_add = t_fb + t1 - t0, t_add + t2 - t1
+        if i < row_m:
+            row.add({row_name: params[row_name].grad})
+            sync(device)
+            t_row += time.perf_counter() - t2
+        for n in kept:
+            kept[n].append(params[n].grad.flatten().cpu().clone())
+        if i + 1 == fisher.buffer[names[0]].shape[1]:               # first chunk flushed: all of it resident
+            held = (rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)) - rss0
     t0 = time.perf_counter()
-    prune.obert_prune({n: p.clone() for n, p in params.items()}, finvs, 0.7)
-    sync(device)
-    t_prune = time.perf_counter() - t0
-    finvs.clear()                                                          # free before the next measurement
-    fishers = {n: prune.init_fisher_inverse(p.numel(), B, 1.0, device) * 1e-7 for n, p in params.items()}
-    t_acc = timed(lambda: [prune.add_gradient_to_fisher(fishers[n], grads[n], 1024) for n in params], device, grads_to_time)
-    t0 = time.perf_counter()
-    for f in fishers.values():
-        torch.cholesky_inverse(torch.linalg.cholesky(f))
+    finvs = fisher.inverses()
     sync(device)
     t_inv = time.perf_counter() - t0
-    return dict(d=d, B=B, theory=d * B * 4, held=held, t_sm=t_sm, t_acc=t_acc, t_inv=t_inv, t_prune=t_prune)
+    errors = {}
+    for n, grads in kept.items():
+        G = torch.stack(grads)
+        exact = prune.fisher_inverse_blocks_cholesky(G.double(), B, damp)
+        w = params[n].detach().cpu().double()
+        for label, finv in (("ours", finvs[n].cpu().double()), ("sherman-morrison", prune.fisher_inverse_blocks(G, B, damp).double())):
+            diag = ((prune.inverse_diag(finv) - prune.inverse_diag(exact)).abs() / prune.inverse_diag(exact)).max()
+            s, s_ref = prune.obert_scores(w, finv)[masks[n].cpu()], prune.obert_scores(w, exact)[masks[n].cpu()]
+            score = ((s - s_ref).abs() / s_ref.clamp_min(1e-30)).max()
+            errors[label] = (max(errors.get(label, (0, 0))[0], float(diag)), max(errors.get(label, (0, 0))[1], float(score)))
+    t0 = time.perf_counter()
+    prune.prune_step({n: params[n] for n in names}, prune.METHODS["obert"], 0.8, masks=masks, fisher=finvs)
+    sync(device)
+    t_prune = time.perf_counter() - t0
+    del finvs, fisher
+    sm = {n: prune.init_fisher_inverse(params[n].numel(), B, damp, device) for n in names}
+    t_sm = timed(lambda: [prune.add_gradient(sm[n], params[n].grad, num_grads) for n in names], device, 2)
+    del sm
+    t0 = time.perf_counter()
+    free = row.inverses()[row_name]
+    t_row_inv = time.perf_counter() - t0
+    return dict(d=d, B=B, m=num_grads, held=held, t_fb=t_fb / num_grads, t_add=t_add / num_grads, t_inv=t_inv,
+                t_sm=t_sm, errors=errors, t_prune=t_prune, row_bytes=free.W.numel() * free.W.element_size(),
+                row_theory=params[row_name].numel() * row_m * 4, row_m=row_m, t_row=t_row / row_m, t_row_inv=t_row_inv)
+
+
+def sharded_worker(rank, world, init, shapes, out):
+    """One rank of a sharded Fisher (gloo): the resident bytes its blocks take."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    owners = prune.shard_by_size({n: math.prod(s) for n, s in shapes.items()}, world)
+    rss0 = rss_bytes()
+    fisher = prune.EmpiricalFisher(shapes, 50, 1024, 1e-7, owners)
+    for t in list(fisher.store.values()) + list(fisher.buffer.values()):
+        t.fill_(1.0)                                             # touch every page, as accumulating does
+    torch.save(rss_bytes() - rss0, f"{out}.{rank}")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def sharded_memory(folder, world=2):
+    """Memory per rank of MiniLM's Fisher (B = 50) sharded over `world` gloo processes."""
+    import tempfile
+    import torch.multiprocessing as mp
+    minilm = modeling.from_pretrained(folder, verbose=False)
+    params = dict(minilm.named_parameters())
+    shapes = {n: tuple(params[n].shape) for n in prune.prunable_names(minilm)}
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(sharded_worker, args=(world, f"{tmp}/init", shapes, f"{tmp}/out"), nprocs=world,
+                           start_method="spawn")
+        per_rank = [torch.load(f"{tmp}/out.{r}") for r in range(world)]
+    d = sum(math.prod(s) for s in shapes.values())
+    return max(per_rank), d * 50 * 4 / world
 
 
 def threshold_cost(shapes, layers, device_name):
@@ -181,6 +279,8 @@ def main():
     ap = argparse.ArgumentParser(description="Speed and memory of prune-lm, measured side by side.")
     ap.add_argument("--quick", action="store_true", help="a run under a minute: small batches, fewer repeats")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "shared" / "data"),
+                    help="real SST-2 for the Fisher and batching rows (falls back to the tests' fixtures)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -204,12 +304,27 @@ def main():
     rows.append(("train step, real MiniLM (tok/s): ours vs transformers", ours, ref, ours / ref, ">= 1.0"))
     t_masked, t_dense, noise = masked_vs_dense(minilm_folder, B, T, device, dtype, iters)
     rows.append((f"masked vs dense step, MiniLM (median s; IQR {100 * noise:.1f}%)", t_masked, t_dense, t_masked / t_dense, "<= 1.05"))
-    o = in_fresh_process(obert_costs, minilm_folder, str(device), 1 if args.quick else 3)
-    rows.append(("oBERT: s per gradient, Sherman-Morrison vs accumulate", o["t_sm"], o["t_acc"], o["t_sm"] / o["t_acc"], "info"))
-    rows.append(("oBERT: accumulate: one Cholesky inverse (s)", o["t_inv"], float("nan"), float("nan"), "info"))
-    rows.append(("oBERT: score + select + update, 70% (s)", o["t_prune"], float("nan"), float("nan"), "info"))
-    rows.append((f"oBERT: Fisher memory, d={o['d'] / 1e6:.1f}M, B=50 (GB vs d*B*4)", o["held"] / 1e9, o["theory"] / 1e9,
-                 o["held"] / o["theory"], "~1"))
+    m = 64 if args.quick else 1024
+    o = in_fresh_process(fisher_costs, minilm_folder, args.data_dir, m, str(device))
+    rows.append((f"oBERT Fisher: update time / backward time ({m} grads of 8, s per grad)", o["t_add"], o["t_fb"],
+                 o["t_add"] / o["t_fb"], "<= 0.25"))
+    rows.append(("oBERT Fisher: Sherman-Morrison update / backward (s per grad)", o["t_sm"], o["t_fb"],
+                 o["t_sm"] / o["t_fb"], "info"))
+    rows.append((f"oBERT Fisher: one inverse of all {o['d'] / 1e6:.1f}M x B=50 blocks (s) vs backward", o["t_inv"],
+                 o["t_fb"], o["t_inv"] / o["t_fb"], "info"))
+    rows.append(("oBERT Fisher memory, accumulating (GB) vs d*B*4", o["held"] / 1e9, o["d"] * o["B"] * 4 / 1e9,
+                 o["held"] / (o["d"] * o["B"] * 4), "<= 1.3"))
+    for label, (diag, score) in o["errors"].items():
+        rows.append((f"oBERT float32 vs float64 ({label}): max rel err diag(F^-1) vs scores", diag, score, float("nan"),
+                     "info"))
+    rows.append(("oBERT: score + select + OBS update to 80% (s) vs backward", o["t_prune"], o["t_fb"],
+                 o["t_prune"] / o["t_fb"], "info"))
+    rows.append((f"M-FAC matrix-free, a 384x1536 tensor, B=1536 > m={o['row_m']}: GB vs d*m*4", o["row_bytes"] / 1e9,
+                 o["row_theory"] / 1e9, o["row_bytes"] / o["row_theory"], "1"))
+    rows.append(("M-FAC matrix-free: update / backward (s per grad)", o["t_row"], o["t_fb"], o["t_row"] / o["t_fb"], "info"))
+    per_rank, theory = sharded_memory(minilm_folder)
+    rows.append(("oBERT Fisher sharded over 2 ranks: GB per rank vs d*B*4/2", per_rank / 1e9, theory / 1e9,
+                 per_rank / theory, "~1.24 (blocks + chunk buffers)"))
     layers = 12 if args.quick else 24
     shapes = [(768, 768)] * 4 + [(3072, 768), (768, 3072)] if args.quick else ROBERTA_LARGE_ENCODER
     n, seconds, peak, masks_bytes = in_fresh_process(threshold_cost, shapes, layers, str(device))

@@ -101,7 +101,7 @@ def load_masks(path, device="cpu") -> dict:
 # -----------------------------------------------------------------------------
 # From scores to masks: global or per-layer, unstructured, 4-block or N:M.
 
-def kth_smallest(scores: list[torch.Tensor], k: int) -> float:
+def kth_smallest(scores: list[torch.Tensor], k: int, sharded=False) -> float:
     """The k-th smallest (1-based) value over many tensors, exactly, without concatenating them.
 
     A strided sample of about 2^20 values brackets the answer between two sample quantiles;
@@ -109,15 +109,18 @@ def kth_smallest(scores: list[torch.Tensor], k: int) -> float:
     band), and only the band is sorted. If the k-th value falls outside the bracket (a bad
     sample), the bracket widens and the pass repeats. Memory: the band plus one boolean
     temporary per tensor; sorting roberta-large's 302M scores at once would take 2.4 GB.
+    sharded: `scores` are this rank's share; counts are summed over ranks and the sample and
+    the band gathered, so every rank finds the value one process holding all of them would.
     """
-    n = sum(s.numel() for s in scores)
+    n = all_sum([sum(s.numel() for s in scores)], sharded)[0]
     stride = max(1, n // (1 << 20))
-    sample = torch.cat([s.flatten()[::stride] for s in scores]).float()
+    local = [s.flatten()[::stride] for s in scores]
+    sample = all_cat(torch.cat(local).float() if local else torch.zeros(0), sharded)
     q, margin = (k - 0.5) / n, 8.0 / math.sqrt(sample.numel())      # ~8 standard deviations of a quantile
     for widen in (1, 8, 64, float("inf")):
         lo = torch.quantile(sample, max(q - widen * margin, 0.0)) if widen < float("inf") and q - widen * margin > 0 else None
         hi = torch.quantile(sample, min(q + widen * margin, 1.0)) if widen < float("inf") and q + widen * margin < 1 else None
-        below, band = 0, []
+        below, band = 0, [torch.zeros(0, device=sample.device)]
         for s in scores:
             inside = torch.ones_like(s, dtype=torch.bool)
             if lo is not None:
@@ -126,35 +129,71 @@ def kth_smallest(scores: list[torch.Tensor], k: int) -> float:
             if hi is not None:
                 inside &= s <= hi
             band.append(s[inside].float())
-        band = torch.cat(band)
+        below, band = all_sum([below], sharded)[0], all_cat(torch.cat(band), sharded)
         if below < k <= below + band.numel():
             return float(torch.kthvalue(band.cpu(), k - below).values)
     raise AssertionError("unreachable: the last bracket holds every value")
 
 
-def select_lowest(scores: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+def select_lowest(scores: list[torch.Tensor], count: int, sharded=False, positions=None, total=None) -> list[torch.Tensor]:
     """Boolean 'prune' masks marking exactly `count` lowest scores over all tensors together.
 
     Scores are >= 0, or -inf for weights already pruned (always selected). Ties at the threshold
-    are broken deterministically: earlier tensor first, then lower flat index.
+    are broken deterministically: earlier tensor first, then lower flat index. sharded: `scores`
+    are this rank's tensors, at `positions` in the global order of `total` tensors.
     """
-    forced = sum(int(torch.count_nonzero(torch.isneginf(s))) for s in scores)
+    positions = list(range(len(scores))) if positions is None else positions
+    total = len(scores) if total is None else total
+    forced = all_sum([sum(int(torch.count_nonzero(torch.isneginf(s))) for s in scores)], sharded)[0]
     if count - forced <= 0:
         return [torch.isneginf(s) for s in scores]
-    v = kth_smallest(scores, count)                    # the -inf ones are the smallest: counted in k
-    below = sum(int(torch.count_nonzero(s < v)) for s in scores)
+    v = kth_smallest(scores, count, sharded)          # the -inf ones are the smallest: counted in k
+    below = all_sum([sum(int(torch.count_nonzero(s < v)) for s in scores)], sharded)[0]
     ties_left = count - below                          # how many scores == v still to prune
-    out = []
-    for s in scores:
-        prune_here = s < v
-        if ties_left > 0:                              # rare: only tensors holding the threshold value
-            tie = (s == v).flatten()
-            if tie.any():
-                take = tie & (torch.cumsum(tie.long(), 0) <= ties_left)
-                ties_left -= int(take.sum())
-                prune_here |= take.view_as(s)
-        out.append(prune_here)
+    out = [s < v for s in scores]
+    if ties_left > 0:                                  # rare: earlier tensors (global order) take theirs first
+        ties = [0] * total
+        for s, p in zip(scores, positions):
+            ties[p] = int(torch.count_nonzero(s == v))
+        ties = all_sum(ties, sharded)
+        for i, (s, p) in enumerate(zip(scores, positions)):
+            take = min(max(ties_left - sum(ties[:p]), 0), ties[p])
+            if take:
+                tie = (s == v).flatten()
+                out[i] |= (tie & (torch.cumsum(tie.long(), 0) <= take)).view_as(s)
     return out
+
+
+# Sharded selection (under torchrun, each rank holding some tensors' scores) needs two collectives;
+# without sharding they return their input.
+
+def all_sum(values: list[int], sharded: bool) -> list[int]:
+    """Elementwise sum over ranks of a short list of counts."""
+    if not sharded:
+        return values
+    t = torch.tensor(values, dtype=torch.int64, device=collective_device())
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def all_cat(t: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """Every rank's 1-D tensor, concatenated in rank order (lengths may differ)."""
+    if not sharded:
+        return t
+    device, world = collective_device(), torch.distributed.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    torch.distributed.all_gather(sizes, torch.tensor([t.numel()], device=device))
+    longest = int(max(sizes))
+    padded = torch.zeros(longest, dtype=t.dtype, device=device)
+    padded[: t.numel()] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    return torch.cat([p[: int(n)] for p, n in zip(parts, sizes)])
+
+
+def collective_device():
+    """NCCL moves CUDA tensors, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else "cpu"
 
 
 def parse_nm(pattern: str) -> tuple[int, int] | None:
@@ -181,12 +220,13 @@ def check_pattern(pattern: str, sparsity: float):
                          f"pass --sparsity {1 - nm[0] / nm[1]:g}")
 
 
-def masks_from_scores(scores: dict, sparsity: float, scope="global", pattern="unstructured") -> dict:
+def masks_from_scores(scores: dict, sparsity: float, scope="global", pattern="unstructured", order=None) -> dict:
     """Keep-masks that prune round(sparsity * n) lowest-scoring weights (globally or per tensor).
 
     unstructured: each weight on its own. "4-block": groups of 4 consecutive input weights share
     one score (the group's) and are pruned together. "N:M": in every group of M consecutive input
-    weights keep the N best (the sparsity is then 1 - N/M, whatever the scope).
+    weights keep the N best (the sparsity is then 1 - N/M, whatever the scope). order: under
+    torchrun, the names of all tensors in their global order, of which `scores` holds this rank's.
     """
     nm = parse_nm(pattern)
     if nm is not None:
@@ -194,16 +234,19 @@ def masks_from_scores(scores: dict, sparsity: float, scope="global", pattern="un
         out = {}
         for name, s in scores.items():
             groups = s.reshape(-1, m)                                      # (numel/M, M)
-            order = torch.sort(groups, dim=1, descending=True, stable=True).indices
-            keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order[:, :n], True)
+            order_ = torch.sort(groups, dim=1, descending=True, stable=True).indices
+            keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order_[:, :n], True)
             out[name] = keep.view_as(s)
         return out
     if pattern == "4-block":   # one score per group: (out, in) -> (out * in/4, 4) -> first column
         scores = {n: s.reshape(-1, GROUP)[:, 0] for n, s in scores.items()}
     names = list(scores)
     if scope == "global":
-        total = sum(s.numel() for s in scores.values())
-        prune = dict(zip(names, select_lowest([scores[n] for n in names], round(sparsity * total))))
+        sharded = order is not None
+        total = all_sum([sum(s.numel() for s in scores.values())], sharded)[0]
+        positions = [order.index(n) for n in names] if sharded else None
+        prune = dict(zip(names, select_lowest([scores[n] for n in names], round(sparsity * total), sharded,
+                                              positions, len(order) if sharded else None)))
     elif scope == "layer":
         prune = {n: select_lowest([scores[n]], round(sparsity * scores[n].numel()))[0] for n in names}
     else:
@@ -221,11 +264,12 @@ def never_revive(scores: dict, masks: dict | None) -> dict:
     return {n: s.masked_fill(~masks[n], float("-inf")) if n in masks else s for n, s in scores.items()}
 
 
-def select(scores: dict, sparsity: float, scope="global", pattern="unstructured", masks=None) -> dict:
+def select(scores: dict, sparsity: float, scope="global", pattern="unstructured", masks=None, order=None) -> dict:
     """Scores -> keep-masks: the lowest-scoring round(sparsity * n) weights are pruned, globally or per
     matrix (or the N best of every M kept). Never reviving: weights that `masks` already prunes score
-    -inf, so they are selected first and the new masks contain the old ones."""
-    keep = masks_from_scores(never_revive(scores, masks), sparsity, scope, pattern)
+    -inf, so they are selected first and the new masks contain the old ones. order: see
+    `masks_from_scores` (sharded selection under torchrun)."""
+    keep = masks_from_scores(never_revive(scores, masks), sparsity, scope, pattern, order)
     return {n: k.view(scores[n].shape) for n, k in keep.items()}
 
 
@@ -235,12 +279,32 @@ def magnitude_masks(params: dict, sparsity: float, scope="global", pattern="unst
 
 
 # -----------------------------------------------------------------------------
-# oBERT: the inverse of the block-diagonal empirical Fisher, scores, and the OBS update.
+# oBERT's inverse Fisher. With m gradients G (m x d) and dampening λ, per diagonal block b of B
+# consecutive weights (the last block zero-padded):
 #
-# Memory: one (B, B) block per B weights, i.e. d * B floats for d prunable weights:
-#   bert-base encoder, d = 85M,  B = 50:  85e6 * 50 * 4 bytes = 17 GB
-#   roberta-large,     d = 302M, B = 50: 302e6 * 50 * 4 bytes = 60 GB
-# which is why train.py defaults to GMP (the paper's point: well-tuned GMP is enough).
+#     F_b = λ I + (1/m) G_bᵀ G_b                                        (B x B)
+#
+# Three ways to F_b⁻¹, tested equal to torch.linalg.inv in float64:
+#   1. Sherman-Morrison, one gradient at a time (oBERT's eq. 4, SparseML): `add_gradient`.
+#      The readable streaming form; one rank-1 update per block per gradient, slow on a CPU.
+#   2. Accumulate, then invert once (`EmpiricalFisher`, what train.py uses): F_b += G_bᵀ G_b / m
+#      for a chunk of gradients at a time with one batched product, then one Cholesky inverse per
+#      block, in float64, one tensor at a time. The cost per gradient approaches the backward pass
+#      that produced it (bench.py measures it).
+#   3. Matrix-free (M-FAC, Frantar, Kurtic & Alistarh 2021), for blocks larger than m: by Woodbury,
+#          F_b⁻¹ = (1/λ) (I − G_bᵀ (mλI + G_b G_bᵀ)⁻¹ G_b) = (1/λ) (I − W_bᵀ W_b),
+#      with L_b L_bᵀ = mλI + G_b G_bᵀ (Cholesky, m x m) and W_b = L_b⁻¹ G_b (m x B). Only W is kept:
+#      d·m floats instead of d·B. Scores need diag(F⁻¹) = (1 − Σ_i W_ib²) / λ, the OBS update
+#      F⁻¹ u = (u − Wᵀ (W u)) / λ: never a B x B matrix.
+#
+# The block size is the oBERT paper's ablation axis. B = 1 is the diagonal Fisher (SparseML's
+# current default): a weight's score ignores its neighbours and the OBS update moves nothing but
+# the pruned weight itself. B = 50 (the paper's recipe) lets each weight's removal be compensated
+# by the 49 next to it. B = a whole row (`--block-size row`: 384 to 4096) lets every weight of a
+# neuron's input compensate, and needs the matrix-free form when B > m. Memory, float32:
+#   dense blocks   d · B · 4 bytes:  MiniLM (d = 10.6M) at B = 50: 2.1 GB; roberta-large (302M): 60 GB
+#   matrix-free    d · m · 4 bytes:  whatever B is
+# Under torchrun each rank keeps the blocks of its own share of the tensors (`shard_by_size`).
 
 def init_fisher_inverse(numel: int, block_size: int, damp: float, device=None, dtype=torch.float32):
     """F^-1 of F = damp * I, as (num_blocks, B, B) with num_blocks = ceil(numel / B)."""
@@ -255,6 +319,11 @@ def as_blocks(flat: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.nn.functional.pad(flat, (0, pad)).view(-1, block_size)
 
 
+def block_size_of(shape, block_size) -> int:
+    """An int as is; "row" is a whole row of the weight matrix: its input size."""
+    return shape[-1] if block_size == "row" else int(block_size)
+
+
 @torch.no_grad()
 def add_gradient(finv: torch.Tensor, grad: torch.Tensor, num_grads: int):
     """One Sherman-Morrison update, in place: F <- F + g g^T / m, so
@@ -267,7 +336,7 @@ def add_gradient(finv: torch.Tensor, grad: torch.Tensor, num_grads: int):
 
 
 def fisher_inverse_blocks(grads: torch.Tensor, block_size: int = 50, damp: float = 1e-7) -> torch.Tensor:
-    """Inverse of damp*I + (1/m) sum_i g_i g_i^T per diagonal block; grads is (m, d)."""
+    """Inverse of damp*I + (1/m) sum_i g_i g_i^T per diagonal block, by Sherman-Morrison; grads is (m, d)."""
     finv = init_fisher_inverse(grads.shape[1], block_size, damp, grads.device, grads.dtype)
     for g in grads:
         add_gradient(finv, g, grads.shape[0])
@@ -275,57 +344,216 @@ def fisher_inverse_blocks(grads: torch.Tensor, block_size: int = 50, damp: float
 
 
 @torch.no_grad()
-def add_gradient_to_fisher(fisher: torch.Tensor, grad: torch.Tensor, num_grads: int):
-    """The other way: accumulate the block Fisher itself, F_blocks += g g^T / m (invert once later)."""
-    g = as_blocks(grad.reshape(-1).to(fisher.dtype), fisher.shape[-1])     # (nb, B)
-    fisher.baddbmm_(g.unsqueeze(2), g.unsqueeze(1), alpha=1.0 / num_grads)
+def invert_blocks(fisher: torch.Tensor, damp: float, slice_blocks: int = 4096) -> torch.Tensor:
+    """In place: (1/m) Σ G_bᵀ G_b per block -> (λI + that)⁻¹, by Cholesky, a slice of blocks at a time.
 
-
-def fisher_inverse_blocks_cholesky(grads: torch.Tensor, block_size: int = 50, damp: float = 1e-7) -> torch.Tensor:
-    """Same result as `fisher_inverse_blocks`: accumulate damp*I + (1/m) G^T G per block, then
-    one batched Cholesky inverse."""
-    fisher = init_fisher_inverse(grads.shape[1], block_size, 1.0, grads.device, grads.dtype) * damp
-    for g in grads:
-        add_gradient_to_fisher(fisher, g, grads.shape[0])
-    return torch.cholesky_inverse(torch.linalg.cholesky(fisher))
-
-
-def group_inverse(finv: torch.Tensor) -> torch.Tensor:
-    """([F^-1]_QQ)^-1 for every group Q of 4 consecutive weights: (nb, B, B) -> (nb, B/4, 4, 4)."""
-    nb, B, _ = finv.shape
-    if B % GROUP:
-        raise ValueError(f"the 4-block pattern needs a Fisher block size divisible by 4 (recipe: 32), got {B}")
-    q = finv.view(nb, B // GROUP, GROUP, B // GROUP, GROUP).diagonal(dim1=1, dim2=3)   # (nb, 4, 4, B/4)
-    return torch.linalg.inv(q.permute(0, 3, 1, 2))                                     # (nb, B/4, 4, 4)
+    float32: on real MiniLM gradients (1024, λ = 1e-7) its diag(F⁻¹) and scores are within about
+    1e-6 (relative) of float64's, as is the OBS update (bench.py measures it); a slice whose float32
+    Cholesky fails (F numerically not positive definite) is redone in float64.
+    """
+    eye = damp * torch.eye(fisher.shape[-1], dtype=fisher.dtype, device=fisher.device)
+    for start in range(0, fisher.shape[0], slice_blocks):
+        part = fisher[start:start + slice_blocks]                           # (s, B, B), a view
+        L, info = torch.linalg.cholesky_ex(part + eye)                      # F_b = L Lᵀ
+        if info.any():
+            L = torch.linalg.cholesky(part.double() + eye.double())
+        part.copy_(torch.cholesky_inverse(L))
+    return fisher
 
 
 @torch.no_grad()
-def obert_scores(weight: torch.Tensor, finv: torch.Tensor, pattern: str = "unstructured") -> torch.Tensor:
+def matrix_free(G: torch.Tensor, damp: float, num_grads: int, slice_blocks: int = 256) -> "MatrixFree":
+    """M-FAC, in place: the blocks' gradients G (nb, m, B) become W = L⁻¹ G, L Lᵀ = mλI + G Gᵀ.
+    In float64 (1 - Σ_i W_ib² cancels where the gradients dwarf mλ), a slice of blocks at a time."""
+    eye = torch.eye(G.shape[1], dtype=torch.float64, device=G.device) * (num_grads * damp)
+    for start in range(0, G.shape[0], slice_blocks):
+        part = G[start:start + slice_blocks]                                 # (s, m, B), a view
+        Gd = part.double()
+        L = torch.linalg.cholesky(torch.baddbmm(eye, Gd, Gd.transpose(1, 2)))   # (s, m, m)
+        part.copy_(torch.linalg.solve_triangular(L, Gd, upper=False))
+    return MatrixFree(G, damp)
+
+
+@dataclass
+class MatrixFree:
+    """M-FAC's inverse Fisher blocks, never formed: F_b⁻¹ = (1/λ)(I − W_bᵀ W_b)."""
+    W: torch.Tensor                # (nb, m, B)
+    damp: float                    # λ
+
+    @property
+    def shape(self):               # like a dense (nb, B, B) inverse
+        return (self.W.shape[0], self.W.shape[2], self.W.shape[2])
+
+
+def inverse_diag(finv) -> torch.Tensor:
+    """diag(F_b⁻¹) of every block: (nb, B)."""
+    if isinstance(finv, MatrixFree):
+        return (1.0 - finv.W.double().pow(2).sum(1)).to(finv.W.dtype) / finv.damp   # (1 - Σ_i W_ib²) / λ
+    return finv.diagonal(dim1=1, dim2=2)
+
+
+def inverse_groups(finv) -> torch.Tensor:
+    """[F_b⁻¹]_QQ for every group Q of 4 consecutive weights of every block: (nb, B/4, 4, 4)."""
+    nb, B, _ = finv.shape
+    if B % GROUP:
+        raise ValueError(f"the 4-block pattern needs a Fisher block size divisible by 4 (recipe: 32), got {B}")
+    if isinstance(finv, MatrixFree):
+        Wq = finv.W.double().view(nb, -1, B // GROUP, GROUP)                 # (nb, m, B/4, 4)
+        eye = torch.eye(GROUP, dtype=torch.float64, device=Wq.device)
+        return ((eye - torch.einsum("nmqi,nmqj->nqij", Wq, Wq)) / finv.damp).to(finv.W.dtype)
+    q = finv.view(nb, B // GROUP, GROUP, B // GROUP, GROUP).diagonal(dim1=1, dim2=3)   # (nb, 4, 4, B/4)
+    return q.permute(0, 3, 1, 2)                                                       # (nb, B/4, 4, 4)
+
+
+def inverse_times(finv, u: torch.Tensor) -> torch.Tensor:
+    """F_b⁻¹ u_b for every block: (nb, B)."""
+    if isinstance(finv, MatrixFree):
+        Wu = torch.bmm(finv.W, u.unsqueeze(2))                              # (nb, m, 1)
+        return (u - torch.bmm(finv.W.transpose(1, 2), Wu).squeeze(2)) / finv.damp
+    return torch.bmm(finv, u.unsqueeze(2)).squeeze(2)
+
+
+def dtype_of(finv) -> torch.dtype:
+    return finv.W.dtype if isinstance(finv, MatrixFree) else finv.dtype
+
+
+def group_inverse(finv) -> torch.Tensor:
+    """([F^-1]_QQ)^-1 for every group Q of 4 consecutive weights: (nb, B/4, 4, 4)."""
+    return torch.linalg.inv(inverse_groups(finv))
+
+
+class EmpiricalFisher:
+    """oBERT's empirical Fisher of some tensors, from m gradients added a chunk at a time.
+
+        fisher = EmpiricalFisher({name: shape}, block_size=50, num_grads=1024, damp=1e-7)
+        for grads in gradients:          # m times: {name: gradient of one mini-batch}
+            fisher.add(grads)
+        finvs = fisher.inverses()        # {name: (nb, B, B) F⁻¹ blocks, or MatrixFree when B > m}
+
+    Dense blocks: each gradient goes into a buffer of `chunk` rows per block, and a full buffer is
+    added with one batched product, F_b += G_bᵀ G_b / m. The chunk is sized from a memory budget of
+    a quarter of the blocks' own (chunk = B/4, 12 for B = 50), and the buffers are freed before
+    inverting. Matrix-free blocks keep the gradients themselves, G (nb, m, B).
+
+    Sharded (under torchrun, `owners` given): every rank computes its share of the m gradients
+    and passes them to `add` (None once its share is done); each tensor's rows are gathered on the
+    rank that owns it, which alone keeps and inverts its blocks: memory per rank ~ d·B·4 / world.
+    """
+
+    def __init__(self, shapes: dict, block_size, num_grads: int, damp: float, owners=None, device=None,
+                 dtype=torch.float32):
+        self.m, self.damp, self.names = num_grads, damp, list(shapes)
+        self.rank, self.world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if owners else (0, 1)
+        self.owners = owners or {n: 0 for n in shapes}
+        self.shapes, self.round = shapes, 0
+        self.shares = [num_grads // self.world + (r < num_grads % self.world) for r in range(self.world)]
+        self.B = {n: block_size_of(shape, block_size) for n, shape in shapes.items()}
+        self.store, self.buffer, self.rows = {}, {}, {}
+        for n in self.mine():
+            nb, B = math.ceil(math.prod(shapes[n]) / self.B[n]), self.B[n]
+            if B > num_grads:                                              # matrix-free: keep G itself
+                self.store[n] = torch.zeros(nb, num_grads, B, device=device, dtype=dtype)
+            else:
+                self.store[n] = torch.zeros(nb, B, B, device=device, dtype=dtype)
+                self.buffer[n] = torch.zeros(nb, max(1, B // 4), B, device=device, dtype=dtype)
+            self.rows[n] = 0
+
+    def mine(self) -> list[str]:
+        return [n for n in self.names if self.owners[n] == self.rank]
+
+    @property
+    def rounds(self) -> int:
+        """How many times every rank calls `add`: its share of the gradients, then None."""
+        return max(self.shares)
+
+    @torch.no_grad()
+    def add(self, grads: dict | None):
+        """One gradient of every tensor from this rank (None: its share is done)."""
+        for n in self.names:
+            g = grads[n].reshape(-1) if grads is not None else torch.zeros(math.prod(self.shapes[n]))
+            if self.world > 1:                       # every rank's row of this tensor, on its owner
+                g = g.to(collective_device())
+                parts = [torch.empty_like(g) for _ in range(self.world)] if self.owners[n] == self.rank else None
+                torch.distributed.gather(g, parts, dst=self.owners[n])
+                rows = [p for r, p in enumerate(parts or []) if self.round < self.shares[r]]
+            else:
+                rows = [g] if grads is not None else []
+            for row in rows:
+                self.add_row(n, as_blocks(row.to(self.store[n]), self.B[n]))
+        self.round += 1
+
+    def add_row(self, n, g: torch.Tensor):
+        """g: one gradient of tensor n as blocks (nb, B)."""
+        if n not in self.buffer:                                             # matrix-free
+            self.store[n][:, self.rows[n]] = g
+            self.rows[n] += 1
+            return
+        self.buffer[n][:, self.rows[n]] = g
+        self.rows[n] += 1
+        if self.rows[n] == self.buffer[n].shape[1]:
+            self.flush(n)
+
+    def flush(self, n):
+        """F_b += G_bᵀ G_b / m for the buffered rows G_b (k, B) of every block: one batched product."""
+        G = self.buffer[n][:, : self.rows[n]]                                 # (nb, k, B)
+        self.store[n].baddbmm_(G.transpose(1, 2), G, alpha=1.0 / self.m)
+        self.rows[n] = 0
+
+    @torch.no_grad()
+    def inverses(self) -> dict:
+        """F⁻¹ of this rank's tensors, each inverted in place, one tensor at a time."""
+        for n in list(self.buffer):
+            self.flush(n)
+            del self.buffer[n]                       # freed before any inverse is computed
+        for n in self.mine():
+            if self.store[n].shape[1] == self.m and self.B[n] > self.m:
+                self.store[n] = matrix_free(self.store[n], self.damp, self.m)
+            else:
+                invert_blocks(self.store[n], self.damp)
+        return self.store
+
+
+def fisher_inverse_blocks_cholesky(grads: torch.Tensor, block_size: int = 50, damp: float = 1e-7) -> torch.Tensor:
+    """Same result as `fisher_inverse_blocks`, by `EmpiricalFisher`: accumulate, then invert once
+    (matrix-free when block_size > m, densified here so that it compares with the others)."""
+    fisher = EmpiricalFisher({"w": (grads.shape[1],)}, block_size, grads.shape[0], damp, device=grads.device,
+                             dtype=grads.dtype)
+    for g in grads:
+        fisher.add({"w": g})
+    finv = fisher.inverses()["w"]
+    if isinstance(finv, MatrixFree):
+        eye = torch.eye(finv.W.shape[2], dtype=finv.W.dtype, device=finv.W.device)
+        return (eye - finv.W.transpose(1, 2) @ finv.W) / damp
+    return finv
+
+
+@torch.no_grad()
+def obert_scores(weight: torch.Tensor, finv, pattern: str = "unstructured") -> torch.Tensor:
     """Loss increase of removing each weight (unstructured, N:M) or its group (4-block); weight's shape."""
     nb, B, _ = finv.shape
-    w = as_blocks(weight.reshape(-1).to(finv.dtype), B)                    # (nb, B)
+    w = as_blocks(weight.reshape(-1).to(dtype_of(finv)), B)                # (nb, B)
     if pattern == "4-block":
         wq = w.view(nb, B // GROUP, GROUP, 1)                               # (nb, B/4, 4, 1)
         s = 0.5 * (wq.transpose(2, 3) @ group_inverse(finv) @ wq)           # 0.5 w_Q^T (F^-1_QQ)^-1 w_Q
         s = s.view(nb, B // GROUP, 1).expand(-1, -1, GROUP).reshape(nb, B)
     else:
-        s = w.pow(2) / (2 * finv.diagonal(dim1=1, dim2=2))                  # w_j^2 / (2 [F^-1]_jj)
+        s = w.pow(2) / (2 * inverse_diag(finv))                             # w_j^2 / (2 [F^-1]_jj)
     return s.reshape(-1)[: weight.numel()].view(weight.shape)
 
 
 @torch.no_grad()
-def obert_update(weight: torch.Tensor, finv: torch.Tensor, newly_pruned: torch.Tensor, pattern="unstructured"):
+def obert_update(weight: torch.Tensor, finv, newly_pruned: torch.Tensor, pattern="unstructured"):
     """In place: w += sum over newly pruned singles/groups P of -F^-1[:, P] ([F^-1]_PP)^-1 w_P,
     within each Fisher block; then the newly pruned entries are set exactly to 0."""
     nb, B, _ = finv.shape
-    w = as_blocks(weight.reshape(-1).to(finv.dtype), B)                    # (nb, B)
+    w = as_blocks(weight.reshape(-1).to(dtype_of(finv)), B)                # (nb, B)
     p = as_blocks(newly_pruned.reshape(-1), B)                              # (nb, B) bool
     if pattern == "4-block":
         wq = (w * p).view(nb, B // GROUP, GROUP, 1)                         # w_Q for pruned groups, else 0
         u = (group_inverse(finv) @ wq).view(nb, B)                          # (F^-1_QQ)^-1 w_Q
     else:
-        u = torch.where(p, w / finv.diagonal(dim1=1, dim2=2), 0.0)         # w_j / [F^-1]_jj
-    dw = -torch.bmm(finv, u.unsqueeze(2)).squeeze(2)                        # (nb, B) = -F^-1 u
+        u = torch.where(p, w / inverse_diag(finv), 0.0)                     # w_j / [F^-1]_jj
+    dw = -inverse_times(finv, u)                                            # (nb, B) = -F^-1 u
     new = (w + dw).reshape(-1)[: weight.numel()].view(weight.shape)
     weight.copy_(new.masked_fill(newly_pruned, 0.0).to(weight.dtype))
 
@@ -386,17 +614,46 @@ METHODS = {
 
 @torch.no_grad()
 def prune_step(weights: dict, method: Method, sparsity: float, scope="global", pattern="unstructured",
-               masks=None, fisher=None) -> dict:
+               masks=None, fisher=None, owners=None) -> dict:
     """One pruning step of any criterion: score, select (never reviving), update; returns the keep-masks.
+
     Weights are zeroed here only by a method that moves them (its update also moves earlier-pruned
-    weights); train.py applies the masks to every method's weights right after."""
-    keep = select(method.score(weights, pattern, fisher), sparsity, scope, pattern, masks)
+    weights); train.py applies the masks to every method's weights right after. owners: under
+    torchrun, the rank that owns each tensor (`shard_by_size`). Each rank scores and updates only
+    its own tensors (so `fisher` need only hold those), the global threshold comes from collectives
+    in `select`, and every tensor's new weights and mask are then broadcast from its owner: all
+    ranks end with what one process holding everything would have computed.
+    """
+    rank = torch.distributed.get_rank() if owners else 0
+    mine = {n: w for n, w in weights.items() if owners is None or owners[n] == rank}
+    old = {n: masks[n] for n in mine} if masks else masks
+    keep = select(method.score(mine, pattern, fisher), sparsity, scope, pattern, old, list(weights) if owners else None)
     if method.update is not None:
-        newly = {n: ~keep[n] if not masks else masks[n] & ~keep[n] for n in weights}
-        method.update(weights, fisher, newly, pattern)
-        for n, w in weights.items():
+        newly = {n: ~keep[n] if not masks else masks[n] & ~keep[n] for n in mine}
+        method.update(mine, fisher, newly, pattern)
+        for n, w in mine.items():
             w.masked_fill_(~keep[n], 0.0)
-    return keep
+    return share_from_owners(weights, keep, owners) if owners else keep
+
+
+def share_from_owners(weights: dict, keep: dict, owners: dict) -> dict:
+    """Every tensor's weights and mask, broadcast from the rank that owns it (gloo sends no bools)."""
+    out = {}
+    for n, w in weights.items():
+        m = keep[n].to(torch.uint8) if n in keep else torch.empty(w.shape, dtype=torch.uint8, device=w.device)
+        torch.distributed.broadcast(m, owners[n])
+        torch.distributed.broadcast(w.data, owners[n])
+        out[n] = m.bool()
+    return out
+
+
+def shard_by_size(sizes: dict, world: int) -> dict:
+    """The owner rank of each tensor, balanced by size: largest first, each to the least-loaded rank."""
+    load, owners, order = [0] * world, {}, list(sizes)
+    for n in sorted(order, key=lambda n: (-sizes[n], order.index(n))):
+        r = min(range(world), key=lambda r: (load[r], r))
+        owners[n], load[r] = r, load[r] + sizes[n]
+    return owners
 
 
 def obert_prune(params: dict, finvs: dict, sparsity: float, scope="global", pattern="unstructured", masks=None):

@@ -98,6 +98,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message}; see --help.\n")
 
 
+def block_size_arg(text):
+    if text == "row":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"block size must be a whole number or 'row', not {text!r}") from None
+
+
 def parse_args(argv=None):
     ap = Parser(prog="train.py", description="Prune a BERT-family model during fine-tuning (Kurtic et al. 2024).",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -131,7 +140,9 @@ def parse_args(argv=None):
     a("--prune-embeddings", action="store_true", help="also prune the embeddings (ablation)")
     a("--prune-head", action="store_true", help="also prune the pooler and task head (ablation)")
     a("--num-grads", type=int, default=1024, help="oBERT: gradients in the empirical Fisher")
-    a("--block-size", type=int, help="oBERT: Fisher block size (default 50; 32 for 4-block)")
+    a("--fisher-batch-size", type=int, default=8, help="oBERT: examples per Fisher gradient (SparseML's recipe)")
+    a("--block-size", type=block_size_arg, help="oBERT: Fisher block size, or 'row' for whole rows (matrix-free "
+                                                "when larger than --num-grads); default 50, 32 for 4-block")
     a("--damp", type=float, default=1e-7, help="oBERT: Fisher dampening")
     a("--seed", type=int, default=42, help="random seed (initialisation, dropout, data order)")
     a("--out-dir", default="out", help="output folder")
@@ -191,7 +202,8 @@ def resolve(args):
 NUMBER_RULES = [
     ("batch_size", lambda v: v >= 1, "at least 1", 16), ("grad_accum", lambda v: v >= 1, "at least 1", 1),
     ("checkpoint_every", lambda v: v >= 1, "at least 1", 500), ("log_every", lambda v: v >= 1, "at least 1", 10),
-    ("num_grads", lambda v: v >= 1, "at least 1", 1024), ("block_size", lambda v: v >= 1, "at least 1", 50),
+    ("num_grads", lambda v: v >= 1, "at least 1", 1024), ("fisher_batch_size", lambda v: v >= 1, "at least 1", 8),
+    ("block_size", lambda v: v >= 1, "at least 1 (or row)", 50),
     ("max_steps", lambda v: v >= 1, "at least 1", 1000), ("limit_train", lambda v: v >= 1, "at least 1", 1000),
     ("limit_eval", lambda v: v >= 1, "at least 1", 1000), ("stop_after", lambda v: v >= 1, "at least 1", 100),
     ("max_length", lambda v: v >= 16, "at least 16 (room for the special tokens and some text)", 128),
@@ -212,10 +224,12 @@ def check_numbers(args):
     """Every number on the command line, checked against what it means (None: not given, fine)."""
     for name, ok, what, good in NUMBER_RULES:
         value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and ok(value)):
+        if value is None or value == "row":        # not given; or --block-size row
+            continue
+        if not (math.isfinite(value) and ok(value)):
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} is {value}, but it must be {what}; pass e.g. {flag} {good}.")
-    if args.pattern == "4-block" and args.block_size % prune.GROUP:
+    if args.pattern == "4-block" and args.block_size != "row" and args.block_size % prune.GROUP:
         raise UsageError(f"--block-size {args.block_size} does not hold whole groups of 4 weights; pass a multiple of "
                          f"4 (the 4-block recipe's is 32).")
 
@@ -438,46 +452,48 @@ def all_finite(loss: float, grad_norm: torch.Tensor, rt) -> bool:
 # -----------------------------------------------------------------------------
 # The pruning step and its Fisher.
 
-def collect_fisher(net, model, names, masks, task, loader, rt, num_grads, block_size, damp):
-    """oBERT: stream num_grads mini-batch gradients of the task loss (masked) into each F^-1."""
-    finvs = {n: prune.init_fisher_inverse(model.get_parameter(n).numel(), block_size, damp, rt.device)
-             for n in names}
+def collect_fisher(model, names, masks, d, args, rt, owners, step) -> dict:
+    """oBERT's inverse Fisher, sampled as SparseML samples it: --num-grads gradients of the task loss,
+    each on a batch of --fisher-batch-size from a shuffled order of their own, with dropout off
+    (eval mode) and the gradients of pruned weights masked. Under torchrun each rank computes its
+    share of the gradients on its own data shard (through `model`, not DDP: nothing is averaged)
+    and the owner of each tensor keeps its blocks (prune.EmpiricalFisher). Returns {name: F⁻¹}."""
     params = dict(model.named_parameters())
+    fisher = prune.EmpiricalFisher({n: params[n].shape for n in names}, args.block_size, args.num_grads, args.damp,
+                                   owners, rt.device)
+    loader = data.make_loader(d.train, args.fisher_batch_size, True, args.seed + 1, d.pad_id, rt.distributed)
+    loader.sampler.set_epoch(step)
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
-    for _, batch in zip(range(num_grads), batches):
-        net.zero_grad(set_to_none=True)
-        batch = to_device(batch, rt.device)
-        with rt.autocast():
-            loss = task_loss(task, forward(net, batch), batch)
-        loss.backward()                                  # under DDP: the gradient averaged over ranks
-        prune.mask_gradients(params, masks)
-        for n in names:
-            prune.add_gradient(finvs[n], params[n].grad.float(), num_grads)
-    net.zero_grad(set_to_none=True)
-    return finvs
+    model.eval()
+    for i in range(fisher.rounds):
+        grads = None
+        if i < fisher.shares[fisher.rank]:                # this rank's share; then None, while others finish
+            model.zero_grad(set_to_none=True)
+            batch = to_device(next(batches), rt.device)
+            with rt.autocast():
+                loss = task_loss(d.task, forward(model, batch), batch)
+            loss.backward()
+            prune.mask_gradients(params, masks)
+            grads = {n: params[n].grad if params[n].grad is not None else torch.zeros_like(params[n]) for n in names}
+        fisher.add(grads)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    return fisher.inverses()
 
 
-def pruning_event(step, sparsity, model, net, masks, opt, d, args, rt) -> dict:
+def pruning_event(step, sparsity, model, masks, opt, d, args, rt) -> dict:
     """One scheduled pruning step: score the prunable weights with args.method, select the lowest
     to reach `sparsity` (never reviving one), let the method move the rest (oBERT's OBS update),
-    make masks and weights identical on every rank, and zero AdamW's moments at the pruned weights."""
+    and zero AdamW's moments at the pruned weights. Under torchrun each rank handles its share of
+    the tensors and the results reach every rank (prune.prune_step)."""
     method = prune.METHODS[args.method]
     params = dict(model.named_parameters())
     names = prune.prunable_names(model, args.prune_embeddings, args.prune_head)
-    fisher = None
-    if method.needs_fisher:          # fresh gradients at the current weights, from their own shuffled order
-        loader = data.make_loader(d.train, args.batch_size, True, args.seed + 1, d.pad_id, rt.distributed)
-        loader.sampler.set_epoch(step)
-        fisher = collect_fisher(net, model, names, masks, d.task, loader, rt, args.num_grads, args.block_size,
-                                args.damp)
-    masks = prune.prune_step({n: params[n] for n in names}, method, sparsity, args.scope, args.pattern, masks, fisher)
+    owners = prune.shard_by_size({n: params[n].numel() for n in names}, rt.world) if rt.distributed else None
+    fisher = collect_fisher(model, names, masks, d, args, rt, owners, step) if method.needs_fisher else None
+    masks = prune.prune_step({n: params[n] for n in names}, method, sparsity, args.scope, args.pattern, masks,
+                             fisher, owners)
     del fisher
-    if rt.distributed:               # rank 0's masks and weights on every rank
-        for n in names:
-            m = masks[n].to(torch.uint8)                 # gloo cannot send bool tensors
-            torch.distributed.broadcast(m, 0)
-            masks[n] = m.bool()
-            torch.distributed.broadcast(params[n].data, 0)
     prune.zero_optimizer_state(opt, params, masks)
     prune.apply_masks(params, masks)
     return masks
@@ -581,7 +597,7 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
     for batches in optimizer_batches(d.loader, args.grad_accum, step, sched.total_steps):
         # 1. prune, at the schedule's pruning steps: new masks, containing the old ones
         if step in pruning_steps:
-            masks = pruning_event(step, sched.sparsity_at(step), model, net, masks, opt, d, args, rt)
+            masks = pruning_event(step, sched.sparsity_at(step), model, masks, opt, d, args, rt)
         # 2. forward and backward over grad_accum micro-batches (distilled from the teacher, if any)
         loss, n_tokens = forward_backward(net, teacher, batches, d.task, args, rt)
         tokens += n_tokens
@@ -685,6 +701,14 @@ def get_teacher(args, d, rt):
     return teacher, metric
 
 
+def peak_memory_bytes(device) -> int:
+    """This process's peak: resident memory on a CPU, the allocator's peak on a GPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux reports KiB
+
+
 def masks_equal_across_ranks(masks, device) -> bool:
     """Every rank's masks, packed to one fingerprint (kept count and index-weighted sum), compared."""
     fp = torch.zeros(2, dtype=torch.float64, device=device)
@@ -716,6 +740,7 @@ def export(student, fitted, teacher_metric, d, args, rt, start):
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
                "tokens_per_s": round(fitted.tokens_per_s, 1), "wall_time_s": round(time.time() - start, 1),
                "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "world_size": rt.world,
+               "peak_memory_gb": round(peak_memory_bytes(rt.device) / 1e9, 3),
                "masks_equal_across_ranks": same_masks, "args": vars(args)}
     write_atomic(out / "sparsity_report.txt", report + "\n")
     write_atomic(out / "results.json", json.dumps(results, indent=1))    # last: its presence means finished
