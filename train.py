@@ -39,12 +39,13 @@ import data
 import distill
 import model as modeling
 import prune
+import sparse
 from schedule import Schedule
 
 # The flags that do NOT define a run: a folder's run.json must match every other argument
 # (so a new flag defines the run unless it is listed here).
 NOT_RUN_DEFINING = ("resume", "overwrite", "out_dir", "device", "compile", "log_every", "checkpoint_every",
-                    "stop_after", "keep_checkpoints")
+                    "stop_after", "keep_checkpoints", "sparse_backprop")
 # What a run writes into --out-dir, and so all that --overwrite may ever delete (with *.tmp twins).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
@@ -88,6 +89,7 @@ class Data:
     eval_examples: list
     eval_features: list
     pad_id: int
+    tokens_per_batch: int          # padded tokens of a typical training batch (sparse.route times kernels on it)
 
 
 # -----------------------------------------------------------------------------
@@ -154,6 +156,11 @@ def parse_args(argv=None):
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype; auto = bf16 on CUDA")
     a("--compile", action="store_true", help="torch.compile the model for training")
+    a("--sparse-backprop", action="store_true", help="CPU: run the encoder's Linears that are >= 80%% sparse through "
+                                                     "SparseProp's kernels where measured faster (training and "
+                                                     "evaluation); needs `pip install sparseprop` (see sparse.py)")
+    a("--no-group-by-length", action="store_true", help="batches in plain shuffled order, not grouped by length "
+                                                        "(grouping pads less: more real tokens per second)")
     a("--max-steps", type=int, help="cap on optimizer steps per phase (schedules scale to it)")
     a("--limit-train", type=int, help="use only the first N training examples")
     a("--limit-eval", type=int, help="use only the first N evaluation examples")
@@ -183,6 +190,14 @@ def resolve(args):
     args.block_size = args.block_size or (32 if args.pattern == "4-block" else 50)
     args.kd = not args.no_kd and (args.sparsity > 0 or args.teacher is not None)
     check_numbers(args)
+    if args.sparse_backprop:
+        if args.compile:
+            raise UsageError("--sparse-backprop runs SparseProp's kernels, which torch.compile cannot trace; "
+                             "drop --compile or --sparse-backprop.")
+        try:
+            sparse.kernels()
+        except ImportError as e:
+            raise UsageError(str(e))
     try:       # load the weights once, fully, so that a corrupt file stops the run here
         args.model_folder = str(modeling.resolve_folder(args.model))
         args.max_length = check_max_length(args.max_length, task, modeling.load_config(Path(args.model_folder)))
@@ -392,7 +407,7 @@ def optimizer_batches(loader, grad_accum, start, total):
     step = start
     while step < total:
         epoch, offset = divmod(step, per_epoch)
-        loader.sampler.set_epoch(epoch)
+        data.set_epoch(loader, epoch)
         micro = itertools.islice(iter(loader), offset * grad_accum, per_epoch * grad_accum)
         for batches in itertools.islice(zip(*[micro] * grad_accum), total - step):   # grad_accum at a time
             yield batches
@@ -496,6 +511,10 @@ def pruning_event(step, sparsity, model, masks, opt, d, args, rt) -> dict:
     del fisher
     prune.zero_optimizer_state(opt, params, masks)
     prune.apply_masks(params, masks)
+    if args.sparse_backprop:         # the index follows the masks: rebuilt here, and nowhere else
+        chosen = sparse.route(model, masks, d.tokens_per_batch)
+        log(rt, f"step {step}: sparsity {sparsity:.4f}, {list(chosen.values()).count('sparse')} of {len(chosen)} "
+                f"matrices through SparseProp's kernels")
     return masks
 
 
@@ -588,6 +607,8 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
     masks, step = {}, 0
     if args.resume and (out / "checkpoint.pt").is_file():
         masks, step = load_checkpoint(out / "checkpoint.pt", model, opt, rt.device)
+        if args.sparse_backprop and masks:
+            sparse.route(model, masks, d.tokens_per_batch)
         log(rt, f"{phase}: resumed at step {step}")
     pruning_steps, cycle_ends = set(sched.pruning_steps()), {b for _, b in sched.cycles()[:-1]}
     log_file = open(out / "log.jsonl", "a") if rt.rank == 0 else None
@@ -656,8 +677,12 @@ def load_data(args, task, rt) -> Data:
     eval_ex = data.load_split(task, "validation", args.data_dir)[: args.limit_eval]
     train_f = data.encode(task, train_ex, tok, args.max_length)
     pad = data.pad_id(tok)
-    loader = data.make_loader(train_f, args.batch_size, True, args.seed, pad, rt.distributed)
-    return Data(task, train_f, loader, eval_ex, data.encode(task, eval_ex, tok, args.max_length), pad)
+    loader = data.make_loader(train_f, args.batch_size, True, args.seed, pad, rt.distributed,
+                              group_by_length=not args.no_group_by_length)
+    per_example = sum(data.feature_length(f) * (len(f["input_ids"]) if task.kind == "multiple_choice" else 1)
+                      for f in train_f) / max(len(train_f), 1)
+    return Data(task, train_f, loader, eval_ex, data.encode(task, eval_ex, tok, args.max_length), pad,
+                max(1, round(per_example * args.batch_size)))
 
 
 def phase_steps(epochs, args, d) -> int:
@@ -762,6 +787,9 @@ def main(argv=None):
     if args.resume and (Path(args.out_dir) / "results.json").is_file():
         return already_finished(args)
     rt = start_runtime(args)
+    if args.sparse_backprop and rt.device.type != "cpu":
+        fail(f"--sparse-backprop runs SparseProp's CPU kernels, but the device is {rt.device}; pass --device cpu, "
+             f"or on a GPU prune to --pattern 2:4 (see sparse.py).", rt)
     try:   # the data is read and encoded, and the schedule checked, before anything is written
         d = load_data(args, data.TASKS[args.task], rt)
         sched = student_schedule(args, d)

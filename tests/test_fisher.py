@@ -199,7 +199,7 @@ def test_train_samples_fisher_gradients_in_eval_mode_masked_with_their_batch_siz
     tok = data.load_tokenizer(tiny_bert_with_vocab)
     from pathlib import Path
     feats = data.encode(task, data.load_split(task, "train", Path(__file__).parent / "fixtures"), tok, 64)
-    d = train.Data(task, feats, None, [], [], data.pad_id(tok))
+    d = train.Data(task, feats, None, [], [], data.pad_id(tok), 64)
     names = P.prunable_names(model)
     params = dict(model.named_parameters())
     masks = P.magnitude_masks({n: params[n] for n in names}, 0.5)

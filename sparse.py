@@ -1,0 +1,181 @@
+"""
+Running sparse weights fast: which kernels exist for which sparsity pattern on which device, and
+when they pay.
+
+train.py's pruned model keeps its zeros in place, in ordinary dense tensors. A dense kernel
+multiplies a zero exactly as fast as any other number, so by itself 90% sparsity buys nothing:
+
+  pattern         device   kernel                                      pays
+  unstructured    GPU      none in PyTorch. Dense GEMMs (cuBLAS, tensor  no: irregular sparse formats
+                           cores) skip nothing; cuSPARSE's CSR products   (CSR) lose to tensor cores
+                           read irregular memory                          below ~95-99% sparsity
+  2:4             GPU      torch.sparse.to_sparse_semi_structured:       up to ~2x on the GEMM, in
+                           Ampere's sparse tensor cores keep 2 of every   fp16/bf16, inference (weights
+                           4 consecutive input weights and skip the rest  fixed); train.py --pattern 2:4
+  unstructured    CPU      SparseProp (Nikdan, Pegolotti, Iofinova,      from ~80-90% sparsity, measured
+                           Kurtic & Alistarh, ICML 2023): the kept        per matrix (`route`): work and
+                           weights in CSR, forward and backward           memory traffic ~ the kept
+                           vectorised over the tokens with AVX2           weights, not out x in
+
+SparseProp's products, for a Linear y = x Wᵀ + b with W (out, in) holding nnz kept weights
+(row pointers, column indices and values: CSR), over the T tokens of a batch:
+    forward    yᵀ = W xᵀ                        nnz · T multiply-adds instead of out · in · T
+    backward   dxᵀ = Wᵀ dyᵀ,  dW_k = dy_row(k) · x_col(k) for the kept k only
+This is the paper's "sparse backpropagation": the dense gradient of W is never formed by the
+kernel. `SparseLinearFunction` scatters the kept values' gradients back into a dense zero
+gradient, so that the dense nn.Linear weight stays the single truth: masks, AdamW and its
+moments, checkpoints, resume, DDP and the export work exactly as without it (the gradient of a
+pruned weight is 0, as prune.mask_gradients would make it).
+
+How train.py uses it (--sparse-backprop, CPU only): after every pruning step (and on resume)
+`route` builds each encoder Linear's CSR index from its mask, keeps it dense below 80% sparsity,
+and above it times one forward and backward of each kernel on a batch-sized input and keeps the
+faster (SparseProp's own rule). A routed Linear computes with the same weight tensor through
+`SparseLinearFunction`; evaluation goes through the same kernels. The index changes only when the
+masks do, so it is built there and nowhere else.
+
+    pip install pybind11 && pip install --no-build-isolation sparseprop==0.1.14
+"""
+import time
+import types
+from dataclasses import dataclass
+
+import torch
+
+MIN_SPARSITY = 0.8            # SparseProp's rule: below it, dense kernels win on a CPU
+
+
+def kernels():
+    """SparseProp's compiled kernels, imported only when asked for."""
+    try:
+        from sparseprop import backend
+    except ImportError:
+        raise ImportError("--sparse-backprop needs SparseProp's CPU kernels; install them with `pip install "
+                          "pybind11 && pip install --no-build-isolation sparseprop==0.1.14`.") from None
+    return backend
+
+
+@dataclass
+class CSRIndex:
+    """Where the kept weights of one (out, in) mask are, in the kernels' CSR layout."""
+    indptr: torch.Tensor           # (out + 1,) int32: row r's kept weights are entries indptr[r] .. indptr[r+1]-1
+    indices: torch.Tensor          # (nnz,) int32: their column (input) index
+    flat: torch.Tensor             # (nnz,) int64: their position in the flattened dense weight, row-major
+    shape: tuple                   # (out, in)
+
+
+def csr_index(mask: torch.Tensor) -> CSRIndex:
+    out_f, in_f = mask.shape
+    flat = mask.reshape(-1).nonzero().squeeze(1)                            # row-major = CSR order
+    counts = torch.bincount(flat // in_f, minlength=out_f)                  # kept weights per row
+    indptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    return CSRIndex(indptr.int(), (flat % in_f).int(), flat, (out_f, in_f))
+
+
+class SparseLinearFunction(torch.autograd.Function):
+    """y = x Wᵀ + b from W's kept values only; W's gradient comes back dense, zero where pruned."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, index):
+        out_f, in_f = index.shape
+        values = weight.detach().reshape(-1)[index.flat].float().contiguous()      # (nnz,)
+        xt = x.detach().reshape(-1, in_f).float().t().contiguous()                 # (in, T): the kernels' layout
+        yt = torch.zeros(out_f, xt.shape[1])                                       # (out, T): added into
+        kernels().sparse_linear_vectorized_forward(xt, index.indptr, index.indices, values, yt)
+        ctx.save_for_backward(xt, values)
+        ctx.index, ctx.x_shape, ctx.x_dtype, ctx.has_bias = index, x.shape, x.dtype, bias is not None
+        y = yt.t() if bias is None else yt.t() + bias.float()                      # (T, out)
+        return y.reshape(*x.shape[:-1], out_f).to(x.dtype)                         # (..., out)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        xt, values = ctx.saved_tensors
+        index = ctx.index
+        gyt = grad_y.reshape(-1, index.shape[0]).float().t().contiguous()         # (out, T)
+        gxt, gvalues = torch.zeros_like(xt), torch.zeros_like(values)             # (in, T), (nnz,)
+        kernels().sparse_linear_vectorized_backward(xt, index.indptr, index.indices, values, gyt, gxt, gvalues)
+        grad_x = gxt.t().reshape(ctx.x_shape).to(ctx.x_dtype)                     # (..., in)
+        grad_w = torch.zeros(index.shape[0] * index.shape[1])
+        grad_w[index.flat] = gvalues                                               # scattered back: (out * in,)
+        grad_b = gyt.sum(1) if ctx.has_bias else None                              # (out,)
+        return grad_x, grad_w.view(index.shape), grad_b, None
+
+
+def sparse_forward(linear, x):
+    """An nn.Linear's forward through SparseProp's kernels (bound to one Linear by `route`)."""
+    return SparseLinearFunction.apply(x, linear.weight, linear.bias, linear.csr)
+
+
+def use_sparse(linear, index: CSRIndex):
+    linear.csr = index
+    linear.forward = types.MethodType(sparse_forward, linear)     # this instance only; its weight is unchanged
+
+
+def use_dense(linear):
+    if "forward" in vars(linear):
+        del linear.forward, linear.csr
+
+
+def time_fwd_bwd(linear, x, repeats=3) -> float:
+    """The fastest of `repeats` forward + backward passes of one Linear on x."""
+    best = float("inf")
+    for _ in range(repeats + 1):                                   # the first is a warm-up
+        x.grad = None
+        t = time.perf_counter()
+        linear(x).sum().backward()
+        best = min(best, time.perf_counter() - t)
+    linear.zero_grad(set_to_none=True)
+    return best
+
+
+def route(model, masks: dict, tokens: int) -> dict:
+    """Send every masked Linear of `model` through the faster kernel for its mask; returns
+    {weight name: "sparse" | "dense"}. Below MIN_SPARSITY it stays dense without timing; above,
+    one forward and backward of each on `tokens` random inputs decides, as SparseProp's
+    `swap_modules_with_sparse` does (here best of 3)."""
+    chosen = {}
+    for name, mask in masks.items():
+        linear = model.get_submodule(name.rsplit(".", 1)[0])
+        use_dense(linear)
+        sparsity = 1.0 - mask.float().mean().item()
+        if sparsity < MIN_SPARSITY or not isinstance(linear, torch.nn.Linear):
+            chosen[name] = "dense"
+            continue
+        x = torch.randn(tokens, linear.in_features, requires_grad=True)
+        dense = time_fwd_bwd(linear, x)
+        use_sparse(linear, csr_index(mask.cpu()))
+        if time_fwd_bwd(linear, x) < dense:
+            chosen[name] = "sparse"
+        else:
+            use_dense(linear)
+            chosen[name] = "dense"
+    return chosen
+
+
+def unroute(model):
+    """Every Linear back to its dense forward."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            use_dense(m)
+
+
+# -----------------------------------------------------------------------------
+# 2:4 on a GPU: the weights of a --pattern 2:4 model in the semi-structured format of the sparse
+# tensor cores (Ampere and later, fp16/bf16), for inference.
+
+def is_two_four(weight: torch.Tensor) -> bool:
+    """Whether every group of 4 consecutive input weights holds at most 2 non-zeros."""
+    return bool(((weight.reshape(-1, 4) != 0).sum(1) <= 2).all()) if weight.shape[-1] % 4 == 0 else False
+
+
+def to_semi_structured(model, names, dtype=torch.bfloat16):
+    """Replace these 2:4 weights by torch's semi-structured sparse tensors (in place, inference only:
+    the result cannot be trained or saved with save_pretrained)."""
+    from torch.sparse import to_sparse_semi_structured
+    for name in names:
+        linear = model.get_submodule(name.rsplit(".", 1)[0])
+        if not is_two_four(linear.weight):
+            raise ValueError(f"{name} is not 2:4 sparse; prune it with --pattern 2:4 first")
+        linear.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach().to(dtype)),
+                                           requires_grad=False)
+    return model
