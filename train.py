@@ -21,6 +21,7 @@ is written atomically every --checkpoint-every steps; --resume continues from it
 `torchrun --nproc_per_node=N` the same script runs DDP with one data shard per rank.
 """
 import argparse
+import copy
 import itertools
 import json
 import math
@@ -54,6 +55,11 @@ RUN_FILES = {(): ("run.json", "results.json", "sparsity_report.txt"),
              ("teacher",): ("checkpoint.pt", "log.jsonl"),
              ("teacher", "model"): ("config.json", "model.safetensors") + TOKENIZER_FILES,
              ("student",): ("checkpoint.pt", "log.jsonl")}
+
+
+# CrAM's perturbation size for AdamW on BERT-family fine-tuning, chosen by measurement (README, "One-shot
+# pruning and CrAM"): the CrAM paper's rho = 0.05 is for SGD on ImageNet, and rho scales with the gradients.
+CRAM_RHO = 0.05
 
 
 class UsageError(Exception):
@@ -98,6 +104,17 @@ class Data:
 class Parser(argparse.ArgumentParser):
     def error(self, message):      # one sentence and exit 2, not the whole usage block
         self.exit(2, f"{self.prog}: {message}; see --help.\n")
+
+
+def sparsity_list(text) -> tuple:
+    """ "0.5,0.7,0.9" -> (0.5, 0.7, 0.9), each in (0, 1)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sparsities like 0.5,0.7,0.9, not {text!r}") from None
+    if not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"each sparsity must be in (0, 1), got {text!r}")
+    return values
 
 
 def block_size_arg(text):
@@ -146,6 +163,18 @@ def parse_args(argv=None):
     a("--block-size", type=block_size_arg, help="oBERT: Fisher block size, or 'row' for whole rows (matrix-free "
                                                 "when larger than --num-grads); default 50, 32 for 4-block")
     a("--damp", type=float, default=1e-7, help="oBERT: Fisher dampening")
+    a("--optimizer", default="adamw", choices=["adamw", "cram"],
+      help="for dense fine-tuning (the teacher trained here, or a --sparsity 0 run): adamw, or cram (CrAM+, "
+           "Peste et al. 2023: also the gradient at a compressed perturbation; two passes per step); the "
+           "pruned student always uses adamw")
+    a("--cram-rho", type=float, default=CRAM_RHO, help="CrAM: perturbation size rho in w + rho * grad")
+    a("--cram-sparsities", type=sparsity_list, default=(0.5, 0.7, 0.9),
+      help="CrAM: each step compresses to one of these, drawn at random (the paper's multi variant)")
+    a("--oneshot", type=sparsity_list, metavar="S1,S2,...",
+      help="no training: prune the fine-tuned --model to each sparsity in one step and evaluate (a table)")
+    a("--recomputations", type=int, default=1, help="one-shot: split each step into N equal sparsity increments, "
+                                                     "the Fisher recomputed before each (SparseML's num_recomputations)")
+    a("--export", action="store_true", help="one-shot: also save each pruned model to OUT/oneshot-S")
     a("--seed", type=int, default=42, help="random seed (initialisation, dropout, data order)")
     a("--out-dir", default="out", help="output folder")
     a("--resume", action="store_true", help="continue from the checkpoints in --out-dir")
@@ -188,8 +217,11 @@ def resolve(args):
             setattr(args, key, value)
     args.lr_min = args.lr / 10 if args.lr_min is None else args.lr_min
     args.block_size = args.block_size or (32 if args.pattern == "4-block" else 50)
-    args.kd = not args.no_kd and (args.sparsity > 0 or args.teacher is not None)
+    args.kd = not args.no_kd and not args.oneshot and (args.sparsity > 0 or args.teacher is not None)
     check_numbers(args)
+    if args.optimizer == "cram" and (args.oneshot or args.sparsity > 0 and not (args.kd and not args.teacher)):
+        raise UsageError("--optimizer cram fine-tunes dense models: the teacher this run trains, or a --sparsity 0 "
+                         "run; here it would train nothing, so drop it or pass --sparsity 0.")
     if args.sparse_backprop:
         if args.compile:
             raise UsageError("--sparse-backprop runs SparseProp's kernels, which torch.compile cannot trace; "
@@ -202,8 +234,10 @@ def resolve(args):
         args.model_folder = str(modeling.resolve_folder(args.model))
         args.max_length = check_max_length(args.max_length, task, modeling.load_config(Path(args.model_folder)))
         load_model(args.model_folder, task, args.seed, "cpu", verbose=False)
+        if args.oneshot:
+            check_teacher(args.model_folder, task, "--oneshot prunes a fine-tuned model")
         if args.teacher:
-            check_teacher(args.teacher, task)
+            check_teacher(args.teacher, task, f"--teacher {args.teacher} must be fine-tuned on {task.name}")
             load_model(args.teacher, task, args.seed, "cpu", verbose=False)
     except modeling.CheckpointError as e:
         raise UsageError(str(e))
@@ -231,7 +265,8 @@ NUMBER_RULES = [
     ("temperature", lambda v: v > 0, "above 0 (the paper's is 5.5)", 5.5),
     ("hardness", lambda v: 0 <= v <= 1, "between 0 and 1", 1.0),
     ("init_sparsity", lambda v: 0 <= v < 1, "in [0, 1)", 0.7), ("warmup", lambda v: 0 <= v < 1, "in [0, 1)", 0.05),
-    ("warmup_steps", lambda v: v >= 0, "0 or more", 0),
+    ("warmup_steps", lambda v: v >= 0, "0 or more", 0), ("recomputations", lambda v: v >= 1, "at least 1", 8),
+    ("cram_rho", lambda v: v > 0, "above 0", CRAM_RHO),
 ]
 
 
@@ -277,7 +312,8 @@ def files_in(out: Path) -> tuple[list, list]:
     for folder, _, files in os.walk(out):
         rel = Path(folder).relative_to(out)
         for name in files:
-            written = name.removesuffix(".tmp") in RUN_FILES.get(rel.parts, ())
+            oneshot = len(rel.parts) == 1 and rel.parts[0].startswith("oneshot-")     # --oneshot --export
+            written = name.removesuffix(".tmp") in (RUN_FILES[("model",)] if oneshot else RUN_FILES.get(rel.parts, ()))
             (ours if written else foreign).append(rel / name)
     return sorted(ours), sorted(foreign)
 
@@ -293,7 +329,7 @@ def read_run_json(out: Path) -> dict | None:
 
 
 def differences(before: dict, args) -> list[str]:
-    now = run_defining(vars(args))
+    now = json.loads(json.dumps(run_defining(vars(args))))            # as run.json holds them: lists, not tuples
     return [f"--{k.replace('_', '-')} {before.get(k)} there, {now[k]} now" for k in now if before.get(k) != now[k]]
 
 
@@ -334,9 +370,10 @@ def prepare_out_dir(args, rt):
         for rel in ours:
             if args.overwrite or rel.suffix == ".tmp":
                 (out / rel).unlink()
-        for rel in sorted(RUN_FILES, key=len, reverse=True):       # emptied folders of ours, deepest first
-            if rel and (out.joinpath(*rel)).is_dir() and not any(out.joinpath(*rel).iterdir()):
-                out.joinpath(*rel).rmdir()
+        folders = sorted({p.parent for p in ours if p.parent != Path(".")}, key=lambda p: -len(p.parts))
+        for rel in folders + [Path("teacher")]:                        # emptied folders of ours, deepest first
+            if (out / rel).is_dir() and not any((out / rel).iterdir()):
+                (out / rel).rmdir()
         out.mkdir(parents=True, exist_ok=True)
         if args.overwrite or read_run_json(out) is None:
             write_atomic(out / "run.json", json.dumps({"written_by": WRITTEN_BY, **vars(args)}, indent=1))
@@ -360,14 +397,15 @@ def delete_checkpoints(out: Path) -> int:
     return freed
 
 
-def check_teacher(folder, task):
+def check_teacher(folder, task, role="a teacher"):
+    """A fine-tuned model for this task: the right head (and label count) in its config."""
     cfg = modeling.load_config(modeling.resolve_folder(folder))
     arch = (cfg.extra.get("architectures") or ["?"])[0]
     want = modeling.ARCHITECTURES[task.kind]
     if not arch.endswith(want) or (task.kind == "classification" and cfg.num_labels != task.num_labels):
-        raise UsageError(f"teacher {folder} is a {arch} with {cfg.num_labels} labels, but {task.name} needs a "
+        raise UsageError(f"{role}, but {folder} is a {arch} with {cfg.num_labels} labels and {task.name} needs a "
                          f"...{want}" + (f" with {task.num_labels} labels" if task.kind == "classification" else "")
-                         + f"; pass a teacher fine-tuned on {task.name}.")
+                         + f"; pass a model fine-tuned on {task.name}.")
 
 
 # -----------------------------------------------------------------------------
@@ -456,6 +494,40 @@ def masked_step(opt, model, masks, lr):
     prune.apply_masks(dict(model.named_parameters()), masks)
 
 
+def cram_forward_backward(net, model, teacher, batches, task, args, rt):
+    """The gradients of one CrAM+ step (Peste, Vladu, Kurtic, Lampert & Alistarh, ICLR 2023), "multi":
+
+        g = ∇L(w)                                  the gradient at the weights
+        w̃ = w + ρ g                                a step up the loss (not normalised, as in CrAM)
+        M = TopK_s(|w̃|)                            global magnitude masks of the encoder at w̃, s drawn
+                                                   from --cram-sparsities every step
+        h = ∇L(M ⊙ w̃) ⊙ M                          the gradient at the compressed point, kept weights only
+        w ← w − η AdamW(g + h)                     `masked_step` with the sum, w restored first
+
+    so the model learns weights whose compressed neighbours also have low loss: it can later be
+    pruned in one shot. Two forward and backward passes per step: twice AdamW's cost."""
+    params = dict(model.named_parameters())
+    loss, tokens = forward_backward(net, teacher, batches, task, args, rt)             # g, in .grad
+    g = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+    w = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for n in g:
+            params[n].add_(g[n], alpha=args.cram_rho)                                   # w̃ = w + ρ g
+    encoder = prune.prunable_names(model)
+    s = args.cram_sparsities[int(torch.randint(len(args.cram_sparsities), ()))]       # from the seeded torch RNG
+    M = prune.magnitude_masks({n: params[n] for n in encoder}, s)
+    prune.apply_masks(params, M)                                                       # M ⊙ w̃
+    model.zero_grad(set_to_none=True)
+    forward_backward(net, teacher, batches, task, args, rt)                            # ∇L(M ⊙ w̃)
+    prune.mask_gradients(params, M)                                                    # h
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(w[n])                                                              # w restored
+            if n in g:
+                p.grad.add_(g[n])                                                      # g + h
+    return loss, tokens
+
+
 def all_finite(loss: float, grad_norm: torch.Tensor, rt) -> bool:
     """Whether this step's loss and gradients are finite on every rank (one flag, all-reduced)."""
     bad = torch.tensor([0.0 if math.isfinite(loss) and torch.isfinite(grad_norm) else 1.0], device=rt.device)
@@ -509,7 +581,8 @@ def pruning_event(step, sparsity, model, masks, opt, d, args, rt) -> dict:
     masks = prune.prune_step({n: params[n] for n in names}, method, sparsity, args.scope, args.pattern, masks,
                              fisher, owners)
     del fisher
-    prune.zero_optimizer_state(opt, params, masks)
+    if opt is not None:
+        prune.zero_optimizer_state(opt, params, masks)
     prune.apply_masks(params, masks)
     if args.sparse_backprop:         # the index follows the masks: rebuilt here, and nowhere else
         chosen = sparse.route(model, masks, d.tokens_per_batch)
@@ -611,6 +684,7 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
             sparse.route(model, masks, d.tokens_per_batch)
         log(rt, f"{phase}: resumed at step {step}")
     pruning_steps, cycle_ends = set(sched.pruning_steps()), {b for _, b in sched.cycles()[:-1]}
+    cram = args.optimizer == "cram" and sched.target == 0          # CrAM trains dense models only
     log_file = open(out / "log.jsonl", "a") if rt.rank == 0 else None
     t0, tokens, saved = time.time(), 0, step if step else None
     tokens_per_s = lambda: tokens * rt.world / max(time.time() - t0, 1e-9)
@@ -619,8 +693,12 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         # 1. prune, at the schedule's pruning steps: new masks, containing the old ones
         if step in pruning_steps:
             masks = pruning_event(step, sched.sparsity_at(step), model, masks, opt, d, args, rt)
-        # 2. forward and backward over grad_accum micro-batches (distilled from the teacher, if any)
-        loss, n_tokens = forward_backward(net, teacher, batches, d.task, args, rt)
+        # 2. forward and backward over grad_accum micro-batches (distilled from the teacher, if any;
+        #    with CrAM, again at a compressed perturbation of the weights)
+        if cram:
+            loss, n_tokens = cram_forward_backward(net, model, teacher, batches, d.task, args, rt)
+        else:
+            loss, n_tokens = forward_backward(net, teacher, batches, d.task, args, rt)
         tokens += n_tokens
         # 3. AdamW at the schedule's LR, pruned weights held at 0; a NaN or inf stops the run before it
         grad_norm = masked_gradients(model, masks, args.clip)
@@ -734,6 +812,14 @@ def peak_memory_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux reports KiB
 
 
+def save_model(model, source, folder):
+    """save_pretrained, and the tokenizer files of the model it started from: a complete model folder."""
+    model.save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy(Path(source) / name, Path(folder) / name)
+
+
 def masks_equal_across_ranks(masks, device) -> bool:
     """Every rank's masks, packed to one fingerprint (kept count and index-weighted sum), compared."""
     fp = torch.zeros(2, dtype=torch.float64, device=device)
@@ -755,11 +841,7 @@ def export(student, fitted, teacher_metric, d, args, rt, start):
     if bad:
         raise NonFinite(f"the student's {bad[0]} holds NaN or inf after training; nothing was exported: lower --lr")
     metric = evaluate(student, d, 2 * args.batch_size, rt)
-    student.save_pretrained(out / "model")
-    for name in ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
-                 "special_tokens_map.json"):
-        if (Path(args.model_folder) / name).is_file():
-            shutil.copy(Path(args.model_folder) / name, out / "model" / name)
+    save_model(student, args.model_folder, out / "model")
     report = prune.sparsity_report(student, fitted.masks)
     results = {"task": args.task, "metric": metric, "teacher_metric": teacher_metric,
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
@@ -792,11 +874,14 @@ def main(argv=None):
              f"or on a GPU prune to --pattern 2:4 (see sparse.py).", rt)
     try:   # the data is read and encoded, and the schedule checked, before anything is written
         d = load_data(args, data.TASKS[args.task], rt)
-        sched = student_schedule(args, d)
+        sched = None if args.oneshot else student_schedule(args, d)
     except (UsageError, data.DataError, modeling.CheckpointError) as e:
         fail(e, rt)
     prepare_out_dir(args, rt)
     start = time.time()
+    if args.oneshot:
+        oneshot(args, d, rt)
+        return finish(rt)
     try:
         # a) the dense teacher, fine-tuned here unless given
         teacher, teacher_metric = None, None
@@ -816,6 +901,39 @@ def main(argv=None):
         finish(rt)
         sys.exit(2)
     finish(rt)
+
+
+def oneshot(args, d, rt):
+    """--oneshot: the fine-tuned --model pruned to each sparsity in one step, with no training, and
+    evaluated: encoder only, global, the same pruning step as gradual pruning (`pruning_event`).
+    With --recomputations N the step is N equal sparsity increments, s * i / N for i = 1..N, each
+    scoring with a Fisher recomputed at the weights (and masks) the previous increment left."""
+    out = Path(args.out_dir)
+    dense = load_model(args.model_folder, d.task, args.seed, rt.device).eval()
+    metric = evaluate(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
+    rows = [{"sparsity": 0.0, "encoder_sparsity": 0.0, "metric": metric, "seconds": 0.0}]
+    for s in args.oneshot:
+        model, masks, t0 = copy.deepcopy(dense), {}, time.time()
+        for i in range(1, args.recomputations + 1):
+            masks = pruning_event(i, s * i / args.recomputations, model, masks, None, d, args, rt)
+        seconds = time.time() - t0
+        if rt.rank == 0:
+            rows.append({"sparsity": s, "encoder_sparsity": prune.sparsity_by_component(model)["encoder"],
+                         "metric": evaluate(model, d, 2 * args.batch_size, rt), "seconds": round(seconds, 1)})
+            log(rt, f"one-shot {s:g}: {rows[-1]['metric']} ({seconds:.0f} s)")
+            if args.export:
+                save_model(model, args.model_folder, out / f"oneshot-{s:g}")
+        del model
+    if rt.rank == 0:
+        title = (f"one-shot {args.method}, {args.recomputations} recomputation(s), {args.model}, "
+                 f"{args.task} validation")
+        lines = [title, f"{'sparsity':>8} {'encoder':>8} " + " ".join(f"{k:>12}" for k in rows[0]["metric"])
+                 + f" {'seconds':>8}"]
+        lines += [f"{r['sparsity']:8.2f} {r['encoder_sparsity']:8.4f} " + " ".join(f"{v:12.2f}" for v in
+                  r["metric"].values()) + f" {r['seconds']:8.1f}" for r in rows]
+        print("\n".join(lines), flush=True)
+        write_atomic(out / "results.json", json.dumps({"task": args.task, "oneshot": rows, "table": lines,
+                                                       "args": vars(args)}, indent=1))
 
 
 def student_schedule(args, d) -> Schedule:
