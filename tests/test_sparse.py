@@ -44,6 +44,12 @@ def test_sparse_linear_equals_the_dense_masked_linear(shape, sparsity, bias):
     assert "forward" not in vars(linear)
 
 
+@pytest.mark.parametrize("offset", [0, 1])
+def test_transposed_equals_torch_for_aligned_and_unaligned_inputs(offset):
+    a = torch.randn(64 * 48 + offset)[offset:].view(64, 48)          # offset 1: 4 bytes off, not 32-aligned
+    assert torch.equal(sparse.transposed(a), a.t()) and torch.equal(sparse.transposed(a[:, :37]), a[:, :37].t())
+
+
 def test_csr_index_matches_torch_csr():
     mask = torch.rand(7, 9, generator=torch.Generator().manual_seed(1)) > 0.6
     mask[3] = False                                                             # an empty row
