@@ -129,14 +129,18 @@ def block_size_arg(text):
 def parse_args(argv=None):
     ap = Parser(prog="train.py", description="Prune a BERT-family model during fine-tuning (Kurtic et al. 2024).",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = ap.add_argument
+    add_recipe_args(ap.add_argument_group("the task and the recipe").add_argument)
+    add_method_args(ap.add_argument_group("pruning methods, CrAM and one-shot").add_argument)
+    add_run_args(ap.add_argument_group("running: output, devices, speed, limits").add_argument)
+    return ap.parse_args(argv)
+
+
+def add_recipe_args(a):
     a("--task", required=True, choices=list(data.TASKS), metavar="TASK", help=f"one of {', '.join(data.TASKS)}")
     a("--sparsity", type=float, default=0.8, help="target encoder sparsity in [0, 1); 0 = dense fine-tuning")
     a("--model", help="pretrained model: hub id or local folder (default per task)")
     a("--teacher", help="fine-tuned dense teacher folder; without it one is trained first")
     a("--data-dir", help="folder with the released data files; without it the hub is used")
-    a("--method", default="gmp", choices=list(prune.METHODS), metavar="METHOD",
-      help="; ".join(f"{name}: {m.help}" for name, m in prune.METHODS.items()))
     a("--pattern", default="unstructured", help="unstructured, 4-block, or N:M such as 2:4")
     a("--scope", default="global", choices=["global", "layer"], help="one threshold for all, or per matrix")
     a("--init-sparsity", type=float, default=0.7, help="first jump of the accelerated schedule")
@@ -158,6 +162,12 @@ def parse_args(argv=None):
     a("--no-kd", action="store_true", help="no teacher, no distillation")
     a("--prune-embeddings", action="store_true", help="also prune the embeddings (ablation)")
     a("--prune-head", action="store_true", help="also prune the pooler and task head (ablation)")
+    a("--seed", type=int, default=42, help="random seed (initialisation, dropout, data order)")
+
+
+def add_method_args(a):
+    a("--method", default="gmp", choices=list(prune.METHODS), metavar="METHOD",
+      help="; ".join(f"{name}: {m.help}" for name, m in prune.METHODS.items()))
     a("--num-grads", type=int, default=1024, help="oBERT: gradients in the empirical Fisher")
     a("--fisher-batch-size", type=int, default=8, help="oBERT: examples per Fisher gradient (SparseML's recipe)")
     a("--block-size", type=block_size_arg, help="oBERT: Fisher block size, or 'row' for whole rows (matrix-free "
@@ -175,7 +185,9 @@ def parse_args(argv=None):
     a("--recomputations", type=int, default=1, help="one-shot: split each step into N equal sparsity increments, "
                                                      "the Fisher recomputed before each (SparseML's num_recomputations)")
     a("--export", action="store_true", help="one-shot: also save each pruned model to OUT/oneshot-S")
-    a("--seed", type=int, default=42, help="random seed (initialisation, dropout, data order)")
+
+
+def add_run_args(a):
     a("--out-dir", default="out", help="output folder")
     a("--resume", action="store_true", help="continue from the checkpoints in --out-dir")
     a("--overwrite", action="store_true", help="replace the earlier run in --out-dir (only ever deletes what a run "
@@ -196,7 +208,6 @@ def parse_args(argv=None):
     a("--log-every", type=int, default=10, help="optimizer steps between log lines")
     a("--checkpoint-every", type=int, default=500, help="optimizer steps between checkpoints")
     a("--stop-after", type=int, help="save a checkpoint and exit after this step (simulates an interruption)")
-    return ap.parse_args(argv)
 
 
 def resolve(args):
@@ -666,6 +677,7 @@ class Fitted:
     masks: dict
     tokens_per_s: float
     stopped: bool                  # --stop-after ended it early (its checkpoint is saved)
+    seconds: float = 0.0           # wall time of this phase (in this process, if resumed)
 
 
 def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
@@ -723,11 +735,11 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
             saved = done
         if done == args.stop_after:
             log(rt, f"{phase}: stopped after step {done} (--stop-after); continue with --resume")
-            return Fitted(masks, tokens_per_s(), stopped=True)
+            return Fitted(masks, tokens_per_s(), True, time.time() - t0)
         step += 1
     if log_file:
         log_file.close()
-    return Fitted(masks, tokens_per_s(), stopped=False)
+    return Fitted(masks, tokens_per_s(), False, time.time() - t0)
 
 
 # -----------------------------------------------------------------------------
@@ -845,7 +857,8 @@ def export(student, fitted, teacher_metric, d, args, rt, start):
     report = prune.sparsity_report(student, fitted.masks)
     results = {"task": args.task, "metric": metric, "teacher_metric": teacher_metric,
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
-               "tokens_per_s": round(fitted.tokens_per_s, 1), "wall_time_s": round(time.time() - start, 1),
+               "tokens_per_s": round(fitted.tokens_per_s, 1), "student_seconds": round(fitted.seconds, 1),
+               "wall_time_s": round(time.time() - start, 1),
                "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "world_size": rt.world,
                "peak_memory_gb": round(peak_memory_bytes(rt.device) / 1e9, 3),
                "masks_equal_across_ranks": same_masks, "args": vars(args)}
