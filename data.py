@@ -12,7 +12,8 @@ GLUE-style task is one more record.
                                         exports (json/jsonl/parquet), or the hub
   load_tokenizer(model)              -> tokenizers.Tokenizer with no padding/truncation baked in
   encode(task, examples, tok, ...)   -> features (token ids per sequence; windows for SQuAD)
-  make_loader(features, ...)         -> DataLoader with dynamic padding and seeded shuffling
+  make_loader(features, ...)         -> DataLoader with dynamic padding and seeded shuffling,
+                                        optionally length-grouped (far less padding)
   score(task, examples, features, outputs) -> {"accuracy"} / {"accuracy", "f1"} / {"exact_match", "f1"}
 
 Example forms: multiple choice {"id", "first": [str]*C, "second": [str]*C, "label"};

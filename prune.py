@@ -15,13 +15,21 @@ embeddings and the task head stay dense (they hold many parameters but few FLOPs
       score_j = w_j^2 / (2 [F^-1]_jj)                dw = -(w_j / [F^-1]_jj) F^-1 e_j
   and for a group Q of weights removed together (here 4 consecutive input weights, "4-block"):
       score_Q = 0.5 w_Q^T ([F^-1]_QQ)^-1 w_Q         dw = -F^-1[:, Q] ([F^-1]_QQ)^-1 w_Q
-  F^-1 is built without ever forming F: starting from I/damp, one Sherman-Morrison update per
-  gradient (eq. 4):  F^-1 <- F^-1 - (F^-1 g)(F^-1 g)^T / (m + g^T F^-1 g).
+  oBERT's paper builds F^-1 with one Sherman-Morrison update per gradient (eq. 4, `add_gradient`);
+  train.py accumulates F a chunk of gradients at a time and inverts it once (`EmpiricalFisher`),
+  or, for blocks larger than the number of gradients, keeps M-FAC's matrix-free form
+  (`MatrixFree`, Frantar, Kurtic & Alistarh 2021). All three are tested equal to the exact inverse.
+
+Each criterion is one scoring function registered in METHODS; `select` turns any scores into
+masks (exactly round(s * n) pruned, globally or per matrix, never reviving), and `prune_step`
+is the one pruning step of every criterion, also under torchrun, where each rank scores and
+updates its own share of the tensors (`shard_by_size`) and the global threshold is found with
+a few collectives.
 
 Masks are boolean tensors keyed by parameter name, True = kept. When a weight is pruned,
 train.py zeroes it and AdamW's moments there; at every step it masks the gradients before AdamW
 and re-applies the masks after it, so no pruned weight revives; masks are saved with every
-checkpoint. schedule.py says *when* and *how much* to prune.
+checkpoint. schedule.py says *when* and *how much* to prune; sparse.py makes sparse weights fast.
 """
 import argparse
 import json
@@ -104,35 +112,41 @@ def load_masks(path, device="cpu") -> dict:
 def kth_smallest(scores: list[torch.Tensor], k: int, sharded=False) -> float:
     """The k-th smallest (1-based) value over many tensors, exactly, without concatenating them.
 
-    A strided sample of about 2^20 values brackets the answer between two sample quantiles;
-    one exact pass counts the values below the bracket and gathers those inside it (a small
-    band), and only the band is sorted. If the k-th value falls outside the bracket (a bad
-    sample), the bracket widens and the pass repeats. Memory: the band plus one boolean
-    temporary per tensor; sorting roberta-large's 302M scores at once would take 2.4 GB.
-    sharded: `scores` are this rank's share; counts are summed over ranks and the sample and
-    the band gathered, so every rank finds the value one process holding all of them would.
+    Weights already pruned score -inf: they are the smallest, counted but never sampled. A strided
+    sample of about 2^20 of the finite values brackets the answer between two sample quantiles;
+    one exact pass counts the values below the bracket and gathers those inside it (a small band),
+    and only the band is sorted. If the k-th value falls outside the bracket (a bad sample), the
+    bracket widens and the pass repeats. Memory: the band plus one boolean temporary per tensor;
+    sorting roberta-large's 302M scores at once would take 2.4 GB. sharded: `scores` are this
+    rank's share; counts are summed over ranks and the sample and the band gathered, so every rank
+    finds the value that one process holding all of them would.
     """
-    n = all_sum([sum(s.numel() for s in scores)], sharded)[0]
-    stride = max(1, n // (1 << 20))
-    local = [s.flatten()[::stride] for s in scores]
-    sample = all_cat(torch.cat(local).float() if local else torch.zeros(0), sharded)
-    q, margin = (k - 0.5) / n, 8.0 / math.sqrt(sample.numel())      # ~8 standard deviations of a quantile
+    n, pruned = all_sum([sum(s.numel() for s in scores), sum(int(torch.isneginf(s).sum()) for s in scores)], sharded)
+    if k <= pruned:
+        return float("-inf")
+    stride = max(1, (n - pruned) // (1 << 20))
+    local = [s[torch.isfinite(s)][::stride] for s in scores]
+    sample = all_cat(torch.cat(local).double() if local else torch.zeros(0, dtype=torch.float64), sharded)
+    q, margin = (k - pruned - 0.5) / (n - pruned), 8.0 / math.sqrt(sample.numel())  # ~8 std devs of a quantile
+
+    def bound(p):                      # the sample's p-quantile, or None past either end (no bound)
+        return torch.quantile(sample, p).item() if 0.0 < p < 1.0 else None
     for widen in (1, 8, 64, float("inf")):
-        lo = torch.quantile(sample, max(q - widen * margin, 0.0)) if widen < float("inf") and q - widen * margin > 0 else None
-        hi = torch.quantile(sample, min(q + widen * margin, 1.0)) if widen < float("inf") and q + widen * margin < 1 else None
-        below, band = 0, [torch.zeros(0, device=sample.device)]
+        lo, hi = bound(q - widen * margin), bound(q + widen * margin)
+        below, band = 0, [torch.zeros(0, dtype=scores[0].dtype if scores else torch.float64)]
         for s in scores:
-            inside = torch.ones_like(s, dtype=torch.bool)
+            inside = torch.isfinite(s)
             if lo is not None:
-                below += int(torch.count_nonzero(s < lo))
+                below += int(torch.count_nonzero(s < lo))        # the -inf ones among them
                 inside &= s >= lo
             if hi is not None:
                 inside &= s <= hi
-            band.append(s[inside].float())
+            band.append(s[inside])                               # in the scores' own dtype: exact
         below, band = all_sum([below], sharded)[0], all_cat(torch.cat(band), sharded)
+        below = max(below, pruned)                               # no lower bound: the -inf ones are below
         if below < k <= below + band.numel():
-            return float(torch.kthvalue(band.cpu(), k - below).values)
-    raise AssertionError("unreachable: the last bracket holds every value")
+            return torch.kthvalue(band.cpu(), k - below).values.item()
+    raise AssertionError("unreachable: the last bracket holds every finite value")
 
 
 def select_lowest(scores: list[torch.Tensor], count: int, sharded=False, positions=None, total=None) -> list[torch.Tensor]:
@@ -234,8 +248,8 @@ def masks_from_scores(scores: dict, sparsity: float, scope="global", pattern="un
         out = {}
         for name, s in scores.items():
             groups = s.reshape(-1, m)                                      # (numel/M, M)
-            order_ = torch.sort(groups, dim=1, descending=True, stable=True).indices
-            keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order_[:, :n], True)
+            best = torch.sort(groups, dim=1, descending=True, stable=True).indices
+            keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, best[:, :n], True)
             out[name] = keep.view_as(s)
         return out
     if pattern == "4-block":   # one score per group: (out, in) -> (out * in/4, 4) -> first column
@@ -289,13 +303,13 @@ def magnitude_masks(params: dict, sparsity: float, scope="global", pattern="unst
 #      The readable streaming form; one rank-1 update per block per gradient, slow on a CPU.
 #   2. Accumulate, then invert once (`EmpiricalFisher`, what train.py uses): F_b += G_bᵀ G_b / m
 #      for a chunk of gradients at a time with one batched product, then one Cholesky inverse per
-#      block, in float64, one tensor at a time. The cost per gradient approaches the backward pass
-#      that produced it (bench.py measures it).
+#      block (`invert_blocks`), one tensor at a time. Its cost per gradient is a fraction of the
+#      backward pass that produced it (bench.py measures both).
 #   3. Matrix-free (M-FAC, Frantar, Kurtic & Alistarh 2021), for blocks larger than m: by Woodbury,
 #          F_b⁻¹ = (1/λ) (I − G_bᵀ (mλI + G_b G_bᵀ)⁻¹ G_b) = (1/λ) (I − W_bᵀ W_b),
-#      with L_b L_bᵀ = mλI + G_b G_bᵀ (Cholesky, m x m) and W_b = L_b⁻¹ G_b (m x B). Only W is kept:
-#      d·m floats instead of d·B. Scores need diag(F⁻¹) = (1 − Σ_i W_ib²) / λ, the OBS update
-#      F⁻¹ u = (u − Wᵀ (W u)) / λ: never a B x B matrix.
+#      with L_b L_bᵀ = mλI + G_b G_bᵀ (Cholesky, m x m) and W_b = L_b⁻¹ G_b (m x B). Only W (and the
+#      diagonal) is kept: d·m floats instead of d·B. Scores need diag(F⁻¹) = (1 − Σ_i W_ib²) / λ,
+#      the OBS update F⁻¹ u = (u − Wᵀ (W u)) / λ: never a B x B matrix.
 #
 # The block size is the oBERT paper's ablation axis. B = 1 is the diagonal Fisher (SparseML's
 # current default): a weight's score ignores its neighbours and the OBS update moves nothing but
@@ -362,22 +376,30 @@ def invert_blocks(fisher: torch.Tensor, damp: float, slice_blocks: int = 4096) -
 
 
 @torch.no_grad()
-def matrix_free(G: torch.Tensor, damp: float, num_grads: int, slice_blocks: int = 256) -> "MatrixFree":
+def matrix_free(G: torch.Tensor, damp: float, num_grads: int, budget: int = 1 << 28) -> "MatrixFree":
     """M-FAC, in place: the blocks' gradients G (nb, m, B) become W = L⁻¹ G, L Lᵀ = mλI + G Gᵀ.
-    In float64 (1 - Σ_i W_ib² cancels where the gradients dwarf mλ), a slice of blocks at a time."""
-    eye = torch.eye(G.shape[1], dtype=torch.float64, device=G.device) * (num_grads * damp)
-    for start in range(0, G.shape[0], slice_blocks):
-        part = G[start:start + slice_blocks]                                 # (s, m, B), a view
-        Gd = part.double()
+
+    Computed in float64 a slice of blocks at a time (the float64 copies bounded by `budget` bytes),
+    and diag(F⁻¹) = (1 − Σ_i W_ib²) / λ taken there too: in float32 that difference can cancel
+    where the gradients dwarf mλ. W is then kept in float32 (d·m·4 bytes), the diagonal beside it."""
+    nb, m, B = G.shape
+    eye = torch.eye(m, dtype=torch.float64, device=G.device) * (num_grads * damp)
+    diag = torch.empty(nb, B, dtype=G.dtype, device=G.device)
+    step = max(1, budget // (8 * m * (2 * B + 2 * m)))             # G, W, K and L of one block, in float64
+    for start in range(0, nb, step):
+        Gd = G[start:start + step].double()                                  # (s, m, B)
         L = torch.linalg.cholesky(torch.baddbmm(eye, Gd, Gd.transpose(1, 2)))   # (s, m, m)
-        part.copy_(torch.linalg.solve_triangular(L, Gd, upper=False))
-    return MatrixFree(G, damp)
+        W = torch.linalg.solve_triangular(L, Gd, upper=False)                 # (s, m, B)
+        diag[start:start + step] = (1.0 - W.pow(2).sum(1)) / damp
+        G[start:start + step] = W
+    return MatrixFree(G, diag, damp)
 
 
 @dataclass
 class MatrixFree:
     """M-FAC's inverse Fisher blocks, never formed: F_b⁻¹ = (1/λ)(I − W_bᵀ W_b)."""
     W: torch.Tensor                # (nb, m, B)
+    diag: torch.Tensor             # (nb, B): diag(F_b⁻¹), computed in float64
     damp: float                    # λ
 
     @property
@@ -387,9 +409,7 @@ class MatrixFree:
 
 def inverse_diag(finv) -> torch.Tensor:
     """diag(F_b⁻¹) of every block: (nb, B)."""
-    if isinstance(finv, MatrixFree):
-        return (1.0 - finv.W.double().pow(2).sum(1)).to(finv.W.dtype) / finv.damp   # (1 - Σ_i W_ib²) / λ
-    return finv.diagonal(dim1=1, dim2=2)
+    return finv.diag if isinstance(finv, MatrixFree) else finv.diagonal(dim1=1, dim2=2)
 
 
 def inverse_groups(finv) -> torch.Tensor:
@@ -397,10 +417,15 @@ def inverse_groups(finv) -> torch.Tensor:
     nb, B, _ = finv.shape
     if B % GROUP:
         raise ValueError(f"the 4-block pattern needs a Fisher block size divisible by 4 (recipe: 32), got {B}")
-    if isinstance(finv, MatrixFree):
-        Wq = finv.W.double().view(nb, -1, B // GROUP, GROUP)                 # (nb, m, B/4, 4)
-        eye = torch.eye(GROUP, dtype=torch.float64, device=Wq.device)
-        return ((eye - torch.einsum("nmqi,nmqj->nqij", Wq, Wq)) / finv.damp).to(finv.W.dtype)
+    if isinstance(finv, MatrixFree):              # (I − W_Qᵀ W_Q) / λ in float64, a slice of blocks at a time
+        m = finv.W.shape[1]
+        out = torch.empty(nb, B // GROUP, GROUP, GROUP, dtype=torch.float64, device=finv.W.device)
+        eye = torch.eye(GROUP, dtype=torch.float64, device=finv.W.device)
+        step = max(1, (1 << 28) // (8 * m * B))
+        for start in range(0, nb, step):
+            Wq = finv.W[start:start + step].double().view(-1, m, B // GROUP, GROUP)   # (s, m, B/4, 4)
+            out[start:start + step] = (eye - torch.einsum("nmqi,nmqj->nqij", Wq, Wq)) / finv.damp
+        return out
     q = finv.view(nb, B // GROUP, GROUP, B // GROUP, GROUP).diagonal(dim1=1, dim2=3)   # (nb, 4, 4, B/4)
     return q.permute(0, 3, 1, 2)                                                       # (nb, B/4, 4, 4)
 
@@ -418,8 +443,8 @@ def dtype_of(finv) -> torch.dtype:
 
 
 def group_inverse(finv) -> torch.Tensor:
-    """([F^-1]_QQ)^-1 for every group Q of 4 consecutive weights: (nb, B/4, 4, 4)."""
-    return torch.linalg.inv(inverse_groups(finv))
+    """([F^-1]_QQ)^-1 for every group Q of 4 consecutive weights: (nb, B/4, 4, 4), inverted in float64."""
+    return torch.linalg.inv(inverse_groups(finv).double()).to(dtype_of(finv))
 
 
 class EmpiricalFisher:
@@ -511,6 +536,18 @@ class EmpiricalFisher:
             else:
                 invert_blocks(self.store[n], self.damp)
         return self.store
+
+
+def fisher_bytes(shapes: dict, block_size, num_grads: int) -> int:
+    """What EmpiricalFisher allocates for these tensors, in float32: the blocks and their chunk
+    buffers (B <= m), or the gradients G and the diagonal (B > m, matrix-free)."""
+    total = 0
+    for shape in shapes.values():
+        d = math.prod(shape)
+        B = block_size_of(shape, block_size)
+        nb = math.ceil(d / B)
+        total += 4 * nb * B * ((B + max(1, B // 4)) if B <= num_grads else (num_grads + 1))
+    return total
 
 
 def fisher_inverse_blocks_cholesky(grads: torch.Tensor, block_size: int = 50, damp: float = 1e-7) -> torch.Tensor:

@@ -27,12 +27,12 @@ gradient, so that the dense nn.Linear weight stays the single truth: masks, Adam
 moments, checkpoints, resume, DDP and the export work exactly as without it (the gradient of a
 pruned weight is 0, as prune.mask_gradients would make it).
 
-How train.py uses it (--sparse-backprop, CPU only): after every pruning step (and on resume)
-`route` builds each encoder Linear's CSR index from its mask, keeps it dense below 80% sparsity,
-and above it times one forward and backward of each kernel on a batch-sized input and keeps the
-faster (SparseProp's own rule). A routed Linear computes with the same weight tensor through
-`SparseLinearFunction`; evaluation goes through the same kernels. The index changes only when the
-masks do, so it is built there and nowhere else.
+How train.py uses it (--sparse-backprop, CPU only): after every pruning step `route` builds each
+encoder Linear's CSR index from its mask, keeps it dense below 80% sparsity, and above it times
+one forward and backward of each kernel on a batch-sized input and keeps the faster (SparseProp's
+own rule). A routed Linear computes with the same weight tensor through `SparseLinearFunction`;
+evaluation goes through the same kernels. The index changes only when the masks do, so it is
+built there, and on resume, where `follow` repeats the checkpoint's choices without timing.
 
     pip install pybind11 && pip install --no-build-isolation sparseprop==0.1.14
 """
@@ -155,7 +155,8 @@ def route(model, masks: dict, tokens: int) -> dict:
         if pruned < round(MIN_SPARSITY * mask.numel()) or not isinstance(linear, torch.nn.Linear):
             chosen[name] = "dense"
             continue
-        x = torch.randn(tokens, linear.in_features, requires_grad=True)
+        g = torch.Generator().manual_seed(0)       # its own: the global RNG (dropout's) is left alone
+        x = torch.randn(tokens, linear.in_features, generator=g).requires_grad_()
         dense = time_fwd_bwd(linear, x)
         use_sparse(linear, csr_index(mask.cpu()))
         if time_fwd_bwd(linear, x) < dense:
@@ -164,6 +165,16 @@ def route(model, masks: dict, tokens: int) -> dict:
             use_dense(linear)
             chosen[name] = "dense"
     return chosen
+
+
+def follow(model, masks: dict, chosen: dict):
+    """Route as an earlier `route` chose ({name: "sparse" | "dense"}, saved in a checkpoint), without
+    timing again: a resumed run then computes with the same kernels as the uninterrupted one."""
+    for name, mask in masks.items():
+        linear = model.get_submodule(name.rsplit(".", 1)[0])
+        use_dense(linear)
+        if chosen.get(name) == "sparse":
+            use_sparse(linear, csr_index(mask.cpu()))
 
 
 def unroute(model):

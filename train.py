@@ -16,9 +16,19 @@ What happens (`main`):
      before AdamW and the masks re-applied after it;
   c) evaluate, export (OUT/model, loadable by `transformers`), write OUT/results.json.
 
+Two other ways to use it, for the contrast the paper's guidelines are about:
+  --oneshot 0.5,0.7,0.8,0.9   prune a fine-tuned --model in one step to each sparsity, no training,
+                              and print a table (`oneshot`; --recomputations N splits each step);
+  --optimizer cram            fine-tune the dense model with CrAM (`cram_forward_backward`), so that
+                              it can be pruned in one shot afterwards.
+And two ways to make it faster on a CPU: batches grouped by length (on by default, data.py) and
+--sparse-backprop (sparse.py: SparseProp's kernels for the matrices that are sparse enough).
+
 Everything resumable: OUT/<phase>/checkpoint.pt (model, masks, optimizer, step, RNG, arguments)
 is written atomically every --checkpoint-every steps; --resume continues from it. Under
-`torchrun --nproc_per_node=N` the same script runs DDP with one data shard per rank.
+`torchrun --nproc_per_node=N` the same script runs DDP with one data shard per rank (and oBERT's
+Fisher sharded across the ranks). Bad input stops with one sentence (exit 2) before anything is
+written, and a user's files are never deleted (`check_out_dir`).
 """
 import argparse
 import copy
@@ -95,7 +105,7 @@ class Data:
     eval_examples: list
     eval_features: list
     pad_id: int
-    tokens_per_batch: int          # padded tokens of a typical training batch (sparse.route times kernels on it)
+    tokens_per_batch: int          # batch size x mean real length: sparse.route times the kernels on this many
 
 
 # -----------------------------------------------------------------------------
@@ -216,9 +226,10 @@ def resolve(args):
     if not 0.0 <= args.sparsity < 1.0:
         raise UsageError(f"--sparsity must be in [0, 1), got {args.sparsity}; pass e.g. 0.8 for 80%.")
     try:
-        prune.check_pattern(args.pattern, args.sparsity if args.sparsity > 0 else 0.5)
+        for s in args.oneshot or [args.sparsity if args.sparsity > 0 else 0.5]:
+            prune.check_pattern(args.pattern, s)
     except ValueError as e:
-        raise UsageError(str(e) + ".")
+        raise UsageError(str(e).replace("--sparsity", "--oneshot" if args.oneshot else "--sparsity") + ".")
     defaults = {k: getattr(task, k) for k in ("model", "lr", "batch_size", "epochs", "teacher_lr", "teacher_epochs",
                                               "warmup")}
     if args.sparsity == 0:   # plain dense fine-tuning: the teacher's recipe
@@ -227,29 +238,22 @@ def resolve(args):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.lr_min = args.lr / 10 if args.lr_min is None else args.lr_min
-    args.block_size = args.block_size or (32 if args.pattern == "4-block" else 50)
+    if args.block_size is None:
+        args.block_size = 32 if args.pattern == "4-block" else 50
     args.kd = not args.no_kd and not args.oneshot and (args.sparsity > 0 or args.teacher is not None)
     check_numbers(args)
-    if args.optimizer == "cram" and (args.oneshot or args.sparsity > 0 and not (args.kd and not args.teacher)):
-        raise UsageError("--optimizer cram fine-tunes dense models: the teacher this run trains, or a --sparsity 0 "
-                         "run; here it would train nothing, so drop it or pass --sparsity 0.")
-    if args.sparse_backprop:
-        if args.compile:
-            raise UsageError("--sparse-backprop runs SparseProp's kernels, which torch.compile cannot trace; "
-                             "drop --compile or --sparse-backprop.")
-        try:
-            sparse.kernels()
-        except ImportError as e:
-            raise UsageError(str(e))
+    check_combinations(args)
     try:       # load the weights once, fully, so that a corrupt file stops the run here
         args.model_folder = str(modeling.resolve_folder(args.model))
         args.max_length = check_max_length(args.max_length, task, modeling.load_config(Path(args.model_folder)))
-        load_model(args.model_folder, task, args.seed, "cpu", verbose=False)
+        student = load_model(args.model_folder, task, args.seed, "cpu", verbose=False)
         if args.oneshot:
             check_teacher(args.model_folder, task, "--oneshot prunes a fine-tuned model")
         if args.teacher:
             check_teacher(args.teacher, task, f"--teacher {args.teacher} must be fine-tuned on {task.name}")
             load_model(args.teacher, task, args.seed, "cpu", verbose=False)
+        if prune.METHODS[args.method].needs_fisher and (args.sparsity > 0 or args.oneshot):
+            check_fisher_memory(args, student)
     except modeling.CheckpointError as e:
         raise UsageError(str(e))
     if args.data_dir and not Path(args.data_dir).is_dir():
@@ -281,6 +285,24 @@ NUMBER_RULES = [
 ]
 
 
+def check_combinations(args):
+    """Flags that cannot go together, or that need something this machine lacks."""
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out-dir and --overwrite replaces it; pass one of them.")
+    trains_a_dense_model = not args.oneshot and (args.sparsity == 0 or (args.kd and not args.teacher))
+    if args.optimizer == "cram" and not trains_a_dense_model:
+        raise UsageError("--optimizer cram fine-tunes dense models: the teacher this run trains, or a --sparsity 0 "
+                         "run; here it would train nothing, so drop it or pass --sparsity 0.")
+    if args.sparse_backprop:
+        if args.compile:
+            raise UsageError("--sparse-backprop runs SparseProp's kernels, which torch.compile cannot trace; "
+                             "drop --compile or --sparse-backprop.")
+        try:
+            sparse.kernels()
+        except ImportError as e:
+            raise UsageError(str(e))
+
+
 def check_numbers(args):
     """Every number on the command line, checked against what it means (None: not given, fine)."""
     for name, ok, what, good in NUMBER_RULES:
@@ -293,6 +315,35 @@ def check_numbers(args):
     if args.pattern == "4-block" and args.block_size != "row" and args.block_size % prune.GROUP:
         raise UsageError(f"--block-size {args.block_size} does not hold whole groups of 4 weights; pass a multiple of "
                          f"4 (the 4-block recipe's is 32).")
+
+
+def check_fisher_memory(args, model):
+    """oBERT's Fisher (d·B·4 bytes) is allocated at the first pruning step, maybe hours in: check now
+    that it fits, on this process's share when torchrun shards it."""
+    shapes = {n: p.shape for n, p in model.named_parameters()
+              if n in prune.prunable_names(model, args.prune_embeddings, args.prune_head)}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    gpu = torch.cuda.is_available() and args.device != "cpu"
+    need = prune.fisher_bytes(shapes, args.block_size, args.num_grads) / world
+    if gpu:
+        free = torch.cuda.mem_get_info(torch.device(args.device if args.device.startswith("cuda") else "cuda"))[0]
+    else:                            # every rank of this machine shares its memory
+        need *= int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        free = available_memory_bytes()
+    if free is not None and need > 0.9 * free:
+        d = sum(math.prod(s) for s in shapes.values())
+        raise UsageError(f"oBERT's Fisher needs about {need / 1e9:.1f} GB here ({d / 1e6:.1f}M weights, --block-size "
+                         f"{args.block_size}, --num-grads {args.num_grads}) but only {free / 1e9:.1f} GB are free; lower "
+                         f"--block-size, shard it over more GPUs with torchrun, or use --method gmp.")
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 def check_max_length(max_length, task, cfg) -> int:
@@ -318,14 +369,16 @@ WRITTEN_BY = "prune-lm train.py"     # run.json's mark: this folder holds a run 
 
 
 def files_in(out: Path) -> tuple[list, list]:
-    """Every file under `out`, as paths relative to it: (those a run writes, anything else)."""
+    """Everything under `out`, as paths relative to it: (the files a run writes, anything else).
+    A symbolic link is never ours: deleting or writing through it could reach a user's files."""
     ours, foreign = [], []
-    for folder, _, files in os.walk(out):
+    for folder, dirs, files in os.walk(out):
         rel = Path(folder).relative_to(out)
+        foreign += [rel / name for name in dirs if (Path(folder) / name).is_symlink()]
         for name in files:
             oneshot = len(rel.parts) == 1 and rel.parts[0].startswith("oneshot-")     # --oneshot --export
             written = name.removesuffix(".tmp") in (RUN_FILES[("model",)] if oneshot else RUN_FILES.get(rel.parts, ()))
-            (ours if written else foreign).append(rel / name)
+            (ours if written and not (Path(folder) / name).is_symlink() else foreign).append(rel / name)
     return sorted(ours), sorted(foreign)
 
 
@@ -352,14 +405,18 @@ def check_out_dir(args):
     ours, foreign = files_in(out) if out.is_dir() else ([], [])
     before = read_run_json(out)
     if before is None:
-        if ours or foreign:
-            raise UsageError(f"--out-dir {out} holds files that train.py did not write (such as {(ours + foreign)[0]}); "
+        if foreign or [p for p in ours if p.suffix != ".tmp"]:
+            raise UsageError(f"--out-dir {out} holds files that train.py did not write (such as {(foreign + ours)[0]}); "
                              f"pass a new or empty folder.")
-        return                                        # new or empty: a fresh run
+        return                                        # new, empty, or a run killed before its run.json: fresh
     if args.overwrite:
         if foreign:
             raise UsageError(f"--overwrite deletes only what train.py wrote, but {out} also holds {foreign[0]}; "
                              f"move it out, or pass another --out-dir.")
+        for flag, path in (("--model", args.model_folder), ("--teacher", args.teacher), ("--data-dir", args.data_dir)):
+            if path and Path(path).resolve().is_relative_to(out.resolve()):
+                raise UsageError(f"--overwrite would delete {flag} {path}, which lies inside {out}; copy it out "
+                                 f"first, or pass another --out-dir.")
         return
     changed = differences(before, args)
     if changed:
@@ -376,6 +433,8 @@ def prepare_out_dir(args, rt):
     """Rank 0: --overwrite deletes the earlier run's files (only those), the leftovers of an interrupted
     write go, and run.json records the arguments (once: a resumed run keeps its own); the others wait."""
     out = Path(args.out_dir)
+    if rt.distributed:               # every rank has checked the folder (resolve) before rank 0 changes it
+        torch.distributed.barrier()
     if rt.rank == 0:
         ours, _ = files_in(out) if out.is_dir() else ([], [])
         for rel in ours:
@@ -560,8 +619,8 @@ def collect_fisher(model, names, masks, d, args, rt, owners, step) -> dict:
     fisher = prune.EmpiricalFisher({n: params[n].shape for n in names}, args.block_size, args.num_grads, args.damp,
                                    owners, rt.device)
     loader = data.make_loader(d.train, args.fisher_batch_size, True, args.seed + 1, d.pad_id, rt.distributed)
-    loader.sampler.set_epoch(step)
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    batches = endless(loader, first_epoch=1000 * step)
+    was_training = model.training
     model.eval()
     for i in range(fisher.rounds):
         grads = None
@@ -575,8 +634,16 @@ def collect_fisher(model, names, masks, d, args, rt, owners, step) -> dict:
             grads = {n: params[n].grad if params[n].grad is not None else torch.zeros_like(params[n]) for n in names}
         fisher.add(grads)
     model.zero_grad(set_to_none=True)
-    model.train()
+    model.train(was_training)
     return fisher.inverses()
+
+
+def endless(loader, first_epoch):
+    """The loader's batches without end, every pass in a new shuffled order (epochs first_epoch, +1, ...):
+    with dropout off, a batch seen twice would add the same gradient twice."""
+    for epoch in itertools.count(first_epoch):
+        data.set_epoch(loader, epoch)
+        yield from loader
 
 
 def pruning_event(step, sparsity, model, masks, opt, d, args, rt) -> dict:
@@ -607,6 +674,9 @@ def pruning_event(step, sparsity, model, masks, opt, d, args, rt) -> dict:
 
 @torch.no_grad()
 def evaluate(model, d, batch_size, rt):
+    """The task's metric on the dev set, dropout off; the model is left in the mode it came in
+    (the teacher stays in eval mode: distilling from a dropout-noisy teacher would be a bug)."""
+    was_training = model.training
     model.eval()
     outputs = []
     for batch in data.make_loader(d.eval_features, batch_size, False, 0, d.pad_id):
@@ -616,7 +686,7 @@ def evaluate(model, d, batch_size, rt):
             outputs += list(zip(out[0].float().cpu().tolist(), out[1].float().cpu().tolist()))
         else:
             outputs += out.float().cpu().tolist()
-    model.train()
+    model.train(was_training)
     return data.score(d.task, d.eval_examples, d.eval_features, outputs)
 
 
@@ -638,17 +708,22 @@ def save_checkpoint(path, model, opt, masks, step, args, rt):
         return
     tmp = Path(str(path) + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "masks": masks, "step": step,
-                "rng": rng_state(), "args": vars(args)}, tmp)
+                "rng": rng_state(), "args": vars(args), "kernels": kernel_choices(model)}, tmp)
     os.replace(tmp, path)
 
 
 def load_checkpoint(path, model, opt, device):
-    """Restore model, optimizer and RNG in place; returns (masks, step)."""
+    """Restore model, optimizer and RNG in place; returns (masks, step, the kernel of each Linear)."""
     ck = torch.load(path, map_location=device, weights_only=False)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     set_rng_state(ck["rng"])
-    return {n: m.to(device) for n, m in ck["masks"].items()}, ck["step"]
+    return {n: m.to(device) for n, m in ck["masks"].items()}, ck["step"], ck.get("kernels", {})
+
+
+def kernel_choices(model) -> dict:
+    """Which Linears --sparse-backprop routed through SparseProp's kernels (sparse.route)."""
+    return {f"{n}.weight": "sparse" for n, m in model.named_modules() if "forward" in vars(m)}
 
 
 def log(rt, text):
@@ -656,12 +731,12 @@ def log(rt, text):
         print(text, flush=True)
 
 
-def log_record(rt, log_file, rec, total=None):
-    """One JSON line in log.jsonl; training records also as a progress line on the terminal."""
+def log_record(rt, path, rec, total=None):
+    """One JSON line appended to `path` (log.jsonl); training records also as a progress line."""
     if rt.rank != 0:
         return
-    log_file.write(json.dumps(rec) + "\n")
-    log_file.flush()
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
     if total is not None:
         width, done = 24, int(24 * rec["step"] / total)
         line = (f"{rec['phase']:>7} [{'=' * done}{' ' * (width - done)}] {rec['step']}/{total} loss {rec['loss']:.4g} "
@@ -681,6 +756,10 @@ class Fitted:
 
 
 def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
+    """Train `model` for sched.total_steps optimizer steps (from its checkpoint with --resume),
+    pruning it at the schedule's pruning steps: the dense teacher (target 0, AdamW or CrAM) or the
+    pruned student. Returns its masks, its real tokens per second and wall time (of this process),
+    and whether --stop-after ended it early."""
     out = Path(args.out_dir) / phase
     out.mkdir(parents=True, exist_ok=True)
     opt = optimizer_for(model, sched.lr_max, args.weight_decay)
@@ -691,19 +770,20 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         net = torch.compile(net)
     masks, step = {}, 0
     if args.resume and (out / "checkpoint.pt").is_file():
-        masks, step = load_checkpoint(out / "checkpoint.pt", model, opt, rt.device)
-        if args.sparse_backprop and masks:
-            sparse.route(model, masks, d.tokens_per_batch)
+        masks, step, kernels = load_checkpoint(out / "checkpoint.pt", model, opt, rt.device)
+        if args.sparse_backprop:
+            sparse.follow(model, masks, kernels)
         log(rt, f"{phase}: resumed at step {step}")
     pruning_steps, cycle_ends = set(sched.pruning_steps()), {b for _, b in sched.cycles()[:-1]}
     cram = args.optimizer == "cram" and sched.target == 0          # CrAM trains dense models only
-    log_file = open(out / "log.jsonl", "a") if rt.rank == 0 else None
+    log_file = out / "log.jsonl"
     t0, tokens, saved = time.time(), 0, step if step else None
     tokens_per_s = lambda: tokens * rt.world / max(time.time() - t0, 1e-9)
     model.train()
     for batches in optimizer_batches(d.loader, args.grad_accum, step, sched.total_steps):
-        # 1. prune, at the schedule's pruning steps: new masks, containing the old ones
-        if step in pruning_steps:
+        # 1. prune, at the schedule's pruning steps that ask for more than is in force: new masks,
+        #    containing the old ones
+        if step in pruning_steps and sched.sparsity_at(step) > sched.sparsity_at(step - 1):
             masks = pruning_event(step, sched.sparsity_at(step), model, masks, opt, d, args, rt)
         # 2. forward and backward over grad_accum micro-batches (distilled from the teacher, if any;
         #    with CrAM, again at a compressed perturbation of the weights)
@@ -737,8 +817,6 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
             log(rt, f"{phase}: stopped after step {done} (--stop-after); continue with --resume")
             return Fitted(masks, tokens_per_s(), True, time.time() - t0)
         step += 1
-    if log_file:
-        log_file.close()
     return Fitted(masks, tokens_per_s(), False, time.time() - t0)
 
 
@@ -924,7 +1002,8 @@ def oneshot(args, d, rt):
     out = Path(args.out_dir)
     dense = load_model(args.model_folder, d.task, args.seed, rt.device).eval()
     metric = evaluate(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
-    rows = [{"sparsity": 0.0, "encoder_sparsity": 0.0, "metric": metric, "seconds": 0.0}]
+    rows = [{"sparsity": 0.0, "encoder_sparsity": prune.sparsity_by_component(dense)["encoder"], "metric": metric,
+             "seconds": 0.0}]
     for s in args.oneshot:
         model, masks, t0 = copy.deepcopy(dense), {}, time.time()
         for i in range(1, args.recomputations + 1):
@@ -965,6 +1044,8 @@ def student_schedule(args, d) -> Schedule:
 
 def already_finished(args):
     """--resume on a finished run: nothing to train; say where its results are (and drop its checkpoints)."""
+    if int(os.environ.get("RANK", "0")) != 0:        # under torchrun: rank 0 speaks and deletes
+        return
     out = Path(args.out_dir)
     freed = 0 if args.keep_checkpoints else delete_checkpoints(out)
     print(f"{out} holds this run, finished: {out / 'results.json'}"

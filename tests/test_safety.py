@@ -283,3 +283,53 @@ def test_10_venv_is_ignored_and_distill_prints_its_worked_example():
     assert ".venv/" in (ROOT / ".gitignore").read_text().splitlines()
     out = subprocess.run([sys.executable, str(ROOT / "distill.py")], capture_output=True, text=True).stdout
     assert "(0.6372, 0.2140, 0.1488)" in out and "(0.9972, 0.0025, 0.0003)" in out
+
+
+# -- found in review ----------------------------------------------------------------------------------
+
+def test_overwrite_refuses_to_delete_its_own_inputs(run_copy, tiny_bert_with_vocab, capsys):
+    """A teacher (or a one-shot model) kept inside the folder that --overwrite would empty."""
+    shutil.copytree(tiny_bert_with_vocab, run_copy / "model", dirs_exist_ok=True)
+    before = snapshot(run_copy)
+    line = refused(base_args(run_copy / "model", run_copy, "--overwrite"), capsys)
+    assert "--overwrite would delete --model" in line and snapshot(run_copy) == before
+
+
+def test_resume_and_overwrite_together_are_refused(run_copy, tiny_bert_with_vocab, capsys):
+    before = snapshot(run_copy)
+    assert "pass one of them" in refused(base_args(tiny_bert_with_vocab, run_copy, "--resume", "--overwrite",
+                                                   "--sparsity", "0.5"), capsys)
+    assert snapshot(run_copy) == before
+
+
+def test_a_symlink_in_the_folder_is_never_ours(run_copy, tiny_bert_with_vocab, tmp_path, capsys):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "precious.txt").write_text("keep\n")
+    (run_copy / "student").mkdir(exist_ok=True)
+    (run_copy / "student" / "link").symlink_to(tmp_path / "elsewhere")
+    refused(base_args(tiny_bert_with_vocab, run_copy, "--overwrite"), capsys)
+    assert (tmp_path / "elsewhere" / "precious.txt").read_text() == "keep\n"
+
+
+def test_a_folder_left_with_only_a_temporary_run_json_starts_fresh(tmp_path, tiny_bert_with_vocab):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json.tmp").write_text("{")                     # killed while writing run.json
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "run"))
+    assert (tmp_path / "run" / "results.json").is_file() and not (tmp_path / "run" / "run.json.tmp").exists()
+
+
+def test_block_size_zero_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
+    assert "--block-size is 0" in refused(base_args(tiny_bert_with_vocab, tmp_path / "o", "--method", "obert",
+                                                    "--block-size", "0"), capsys)
+
+
+def test_a_fisher_too_large_for_this_machine_is_refused_up_front(tmp_path, tiny_bert_with_vocab, capsys, monkeypatch):
+    monkeypatch.setattr(train, "available_memory_bytes", lambda: 1000)
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "o", "--method", "obert"), capsys)
+    assert "oBERT's Fisher needs about" in line and not (tmp_path / "o").exists()
+
+
+def test_oneshot_checks_its_own_sparsities_against_the_pattern(tmp_path, tiny_bert_with_vocab, capsys):
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "o", "--oneshot", "0.5,0.7", "--pattern", "2:4",
+                             "--sparsity", "0.5"), capsys)
+    assert "not 0.7" in line and "--oneshot" in line

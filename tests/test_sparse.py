@@ -78,21 +78,35 @@ def prefer_sparse(monkeypatch):
 
 
 def test_sparse_backprop_run_equals_the_dense_run(tmp_path, tiny_bert_with_vocab, monkeypatch):
-    """Target 0.8, per matrix: each first reaches 80% at the last pruning step, so the masks come from the
-    same dense steps; the fixed-mask steps after it, and evaluation, run through the kernels. (Earlier
-    routing would let AdamW turn float rounding near zero gradients into +-lr steps, which can move a
-    weight across the next threshold.)"""
+    """Target 0.8, per matrix: each first reaches 80% at one of the last pruning steps, so both runs
+    are bit-identical until then; at the first step through the kernels the gradients must agree to
+    float rounding, and the runs end with the same masks, metric and (within AdamW's steps) weights."""
     prefer_sparse(monkeypatch)
-    calls = []
+    calls, grads = [], {"dense": [], "sparse": []}
     apply = sparse.SparseLinearFunction.apply
     monkeypatch.setattr(sparse.SparseLinearFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    masked_gradients = train.masked_gradients
+
+    routed_at = []
+
+    def recording(model, masks, clip):
+        norm = masked_gradients(model, masks, clip)                          # masked (and clipped) as AdamW sees them
+        grads[run].append({n: p.grad.clone() for n, p in model.named_parameters() if n in masks})
+        if calls and not routed_at:
+            routed_at.append(len(grads[run]) - 1)                            # the first step through the kernels
+        return norm
+    monkeypatch.setattr(train, "masked_gradients", recording)
     common = ["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--data-dir", str(Path(__file__).parent / "fixtures"),
               "--batch-size", "1", "--epochs", "10", "--sparsity", "0.8", "--scope", "layer", "--lr", "1e-5", "--no-kd",
               "--keep-checkpoints"]
-    train.main(common + ["--out-dir", str(tmp_path / "dense")])
-    assert not calls
-    train.main(common + ["--out-dir", str(tmp_path / "sparse"), "--sparse-backprop"])
-    assert calls                                                                # the kernels ran
+    for run in ("dense", "sparse"):
+        train.main(common + ["--out-dir", str(tmp_path / run)] + (["--sparse-backprop"] if run == "sparse" else []))
+        assert bool(calls) == (run == "sparse")                                # the kernels ran, in that run only
+    first = next(i for i, (a, b) in enumerate(zip(grads["dense"], grads["sparse"])) if a.keys() and
+                 not all(torch.equal(a[n], b[n]) for n in a))
+    assert first == routed_at[0] >= 22                                         # bit-identical until the kernels run
+    for n, g in grads["dense"][first].items():
+        assert torch.allclose(grads["sparse"][first][n], g, rtol=1e-4, atol=1e-7), n
     a, b = (torch.load(tmp_path / r / "student" / "checkpoint.pt", weights_only=False) for r in ("dense", "sparse"))
     assert a["masks"].keys() == b["masks"].keys() and all(torch.equal(a["masks"][n], b["masks"][n]) for n in a["masks"])
     for n in a["model"]:

@@ -199,7 +199,7 @@ def test_a_criterion_added_to_the_registry_prunes_through_train_py(tmp_path, tin
         return {n: torch.arange(w.numel(), dtype=torch.float32).view(w.shape) for n, w in weights.items()}
     monkeypatch.setitem(prune.METHODS, "position", prune.Method(by_position, help="first weights first"))
     train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.6", "--method", "position",
-                        "--scope", "layer", "--no-kd"))
+                        "--scope", "layer", "--no-kd", "--init-sparsity", "0.3"))
     assert len(calls) == 7 and all(c == ("unstructured", None) for c in calls)   # the recipe's 7 pruning steps
     from safetensors.torch import load_file
     weights = load_file(str(tmp_path / "model" / "model.safetensors"))
@@ -225,3 +225,39 @@ def test_offline_main_command_fails_in_seconds_with_one_sentence(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "roberta-large" in lines[0] and "cannot be reached" in lines[0], lines
     assert not (tmp_path / "out").exists()
+
+
+def test_the_teacher_distils_in_eval_mode(tmp_path, tiny_bert_with_vocab, monkeypatch):
+    """Dropout off in the teacher for every soft target (evaluating it first must not switch it back)."""
+    teachers, modes = [], []
+    get_teacher, forward = train.get_teacher, train.forward
+    monkeypatch.setattr(train, "get_teacher", lambda *a: (lambda t: teachers.append(t[0]) or t)(get_teacher(*a)))
+
+    def watching(net, batch):
+        if teachers and net is teachers[0]:
+            modes.append(net.training)
+        return forward(net, batch)
+    monkeypatch.setattr(train, "forward", watching)
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.8", "--epochs", "2"))
+    assert len(modes) >= 6 and not any(modes)          # 6 student steps, each with the teacher's soft targets
+
+
+def test_evaluate_leaves_the_model_in_its_mode(tiny_bert_with_vocab):
+    import data
+    task = data.TASKS["csqa"]
+    tok = data.load_tokenizer(tiny_bert_with_vocab)
+    ex = data.load_split(task, "validation", FIX)
+    d = train.Data(task, [], None, ex, data.encode(task, ex, tok, 64), data.pad_id(tok), 64)
+    m = train.load_model(tiny_bert_with_vocab, task, 0, "cpu")
+    for mode in (False, True):
+        m.train(mode)
+        train.evaluate(m, d, 2, train.Runtime(torch.device("cpu")))
+        assert m.training == mode
+
+
+def test_a_pruning_step_that_asks_for_nothing_new_is_skipped(tmp_path, tiny_bert_with_vocab, monkeypatch):
+    calls = []
+    event = train.pruning_event
+    monkeypatch.setattr(train, "pruning_event", lambda *a: calls.append(a[1]) or event(*a))
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd"))   # s_i = min(0.7, 0.5)
+    assert calls == [0.5]
