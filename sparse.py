@@ -130,23 +130,22 @@ def use_dense(linear):
         del linear.forward, linear.csr
 
 
-def time_fwd_bwd(linear, x, repeats=3) -> float:
-    """The fastest of `repeats` forward + backward passes of one Linear on x."""
-    best = float("inf")
-    for _ in range(repeats + 1):                                   # the first is a warm-up
-        x.grad = None
-        t = time.perf_counter()
-        linear(x).sum().backward()
-        best = min(best, time.perf_counter() - t)
+def time_fwd_bwd(linear, x) -> float:
+    """Seconds of one forward + backward pass of one Linear on x."""
+    x.grad = None
+    t = time.perf_counter()
+    linear(x).sum().backward()
+    seconds = time.perf_counter() - t
     linear.zero_grad(set_to_none=True)
-    return best
+    return seconds
 
 
-def route(model, masks: dict, tokens: int) -> dict:
+def route(model, masks: dict, tokens: int, repeats: int = 5) -> dict:
     """Send every masked Linear of `model` through the faster kernel for its mask; returns
     {weight name: "sparse" | "dense"}. Below MIN_SPARSITY it stays dense without timing; above,
-    one forward and backward of each on `tokens` random inputs decides, as SparseProp's
-    `swap_modules_with_sparse` does (here best of 3)."""
+    forward and backward passes of each kernel on `tokens` random inputs decide, as SparseProp's
+    `swap_modules_with_sparse` does: here the fastest of `repeats`, the two kernels alternating
+    (after a warm-up of each) so that the machine's drift hits both alike."""
     chosen = {}
     for name, mask in masks.items():
         linear = model.get_submodule(name.rsplit(".", 1)[0])
@@ -157,13 +156,14 @@ def route(model, masks: dict, tokens: int) -> dict:
             continue
         g = torch.Generator().manual_seed(0)       # its own: the global RNG (dropout's) is left alone
         x = torch.randn(tokens, linear.in_features, generator=g).requires_grad_()
-        dense = time_fwd_bwd(linear, x)
-        use_sparse(linear, csr_index(mask.cpu()))
-        if time_fwd_bwd(linear, x) < dense:
-            chosen[name] = "sparse"
-        else:
-            use_dense(linear)
-            chosen[name] = "dense"
+        index, best = csr_index(mask.cpu()), {"dense": float("inf"), "sparse": float("inf")}
+        for r in range(repeats + 1):
+            for kind in ("dense", "sparse") if r % 2 else ("sparse", "dense"):
+                use_sparse(linear, index) if kind == "sparse" else use_dense(linear)
+                seconds = time_fwd_bwd(linear, x)
+                best[kind] = min(best[kind], seconds) if r else best[kind]          # r = 0 warms up
+        chosen[name] = "sparse" if best["sparse"] < best["dense"] else "dense"
+        use_sparse(linear, index) if chosen[name] == "sparse" else use_dense(linear)
     return chosen
 
 
