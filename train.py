@@ -68,8 +68,10 @@ RUN_FILES = {(): ("run.json", "results.json", "sparsity_report.txt"),
 
 
 # CrAM's perturbation size for AdamW on BERT-family fine-tuning, chosen by measurement (README, "One-shot
-# pruning and CrAM"): the CrAM paper's rho = 0.05 is for SGD on ImageNet, and rho scales with the gradients.
-CRAM_RHO = 0.05
+# pruning and CrAM"): of rho in {0.1, 1, 10}, fine-tuning MiniLM on SST-2, 0.1 kept the dense accuracy and
+# gave the best one-shot accuracy on held-out training sentences (still below plain AdamW's there).
+# The CrAM paper's rho = 0.05 is for SGD on ImageNet; rho multiplies the raw gradient, so its scale is the task's.
+CRAM_RHO = 0.1
 
 
 class UsageError(Exception):
@@ -578,7 +580,8 @@ def cram_forward_backward(net, model, teacher, batches, task, args, rt):
         w ← w − η AdamW(g + h)                     `masked_step` with the sum, w restored first
 
     so the model learns weights whose compressed neighbours also have low loss: it can later be
-    pruned in one shot. Two forward and backward passes per step: twice AdamW's cost."""
+    pruned in one shot. Two forward and backward passes and one global top-k over the encoder per
+    step: on MiniLM on 2 CPU cores, 4.2 times an AdamW step (502 s vs 121 s; README)."""
     params = dict(model.named_parameters())
     loss, tokens = forward_backward(net, teacher, batches, task, args, rt)             # g, in .grad
     g = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
