@@ -20,6 +20,7 @@ CUDA when present, in bf16 autocast there), in groups (--only):
 `transformers` is used here as the reference only; it is a test/bench dependency, not the library's.
 """
 import argparse
+import itertools
 import math
 import time
 from pathlib import Path
@@ -206,7 +207,7 @@ def student_sparse_vs_dense(folder, data_dir, sparsity=0.9, batch_size=32, round
     train_t = side_by_side({"sparse": lambda: step(routed, "sparse"), "dense": lambda: step(dense, "dense")},
                            rounds, torch.device("cpu"))
     evals = [b for _, b in zip(range(rounds + 1), sst2_loader(folder, data_dir, 64, split="validation"))]
-    ev = {"dense": iter(evals), "sparse": iter(evals)}
+    ev = {"dense": itertools.cycle(evals), "sparse": itertools.cycle(evals)}   # the dev set may hold fewer batches
 
     @torch.no_grad()
     def forward(model, name):
@@ -268,7 +269,6 @@ def fisher_costs(folder, data_dir, num_grads, device_name):
     against float64 on two tensors; Sherman-Morrison for comparison; a whole-row matrix-free
     Fisher of one tensor; and one score + select + update at 80%.
     """
-    import itertools
     import torch.nn.functional as F
     device = torch.device(device_name)
     torch.manual_seed(0)
