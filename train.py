@@ -652,16 +652,18 @@ def endless(loader, first_epoch):
         yield from loader
 
 
-def pruning_event(step, sparsity, model, masks, opt, d, args, rt) -> dict:
+def pruning_event(step, sparsity, model, masks, opt, d, args, rt, fisher=None) -> dict:
     """One scheduled pruning step: score the prunable weights with args.method, select the lowest
     to reach `sparsity` (never reviving one), let the method move the rest (oBERT's OBS update),
     and zero AdamW's moments at the pruned weights. Under torchrun each rank handles its share of
-    the tensors and the results reach every rank (prune.prune_step)."""
+    the tensors and the results reach every rank (prune.prune_step). `fisher`: F⁻¹ already
+    computed at these weights and masks (one-shot reuses the dense model's); else computed here."""
     method = prune.METHODS[args.method]
     params = dict(model.named_parameters())
     names = prune.prunable_names(model, args.prune_embeddings, args.prune_head)
-    owners = prune.shard_by_size({n: params[n].numel() for n in names}, rt.world) if rt.distributed else None
-    fisher = collect_fisher(model, names, masks, d, args, rt, owners, step) if method.needs_fisher else None
+    owners = fisher_owners(params, names, rt)
+    if method.needs_fisher and fisher is None:
+        fisher = collect_fisher(model, names, masks, d, args, rt, owners, step)
     masks = prune.prune_step({n: params[n] for n in names}, method, sparsity, args.scope, args.pattern, masks,
                              fisher, owners)
     del fisher
@@ -673,6 +675,11 @@ def pruning_event(step, sparsity, model, masks, opt, d, args, rt) -> dict:
         log(rt, f"step {step}: sparsity {sparsity:.4f}, {list(chosen.values()).count('sparse')} of {len(chosen)} "
                 f"matrices through SparseProp's kernels")
     return masks
+
+
+def fisher_owners(params, names, rt) -> dict | None:
+    """Under torchrun, which rank holds each tensor's Fisher blocks (balanced by size)."""
+    return prune.shard_by_size({n: params[n].numel() for n in names}, rt.world) if rt.distributed else None
 
 
 # -----------------------------------------------------------------------------
@@ -1004,16 +1011,26 @@ def oneshot(args, d, rt):
     """--oneshot: the fine-tuned --model pruned to each sparsity in one step, with no training, and
     evaluated: encoder only, global, the same pruning step as gradual pruning (`pruning_event`).
     With --recomputations N the step is N equal sparsity increments, s * i / N for i = 1..N, each
-    scoring with a Fisher recomputed at the weights (and masks) the previous increment left."""
+    scoring with a Fisher recomputed at the weights (and masks) the previous increment left; with
+    N = 1 every sparsity starts from the same dense weights, so oBERT's Fisher is computed once."""
     out = Path(args.out_dir)
     dense = load_model(args.model_folder, d.task, args.seed, rt.device).eval()
     metric = evaluate(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
     rows = [{"sparsity": 0.0, "encoder_sparsity": prune.sparsity_by_component(dense)["encoder"], "metric": metric,
              "seconds": 0.0}]
+    fisher, fisher_seconds = None, 0.0
+    if prune.METHODS[args.method].needs_fisher and args.recomputations == 1:
+        # every sparsity prunes the same dense weights, so one F⁻¹ (at step 1, the batches that
+        # pruning_event(1, ...) would draw) serves them all: the result is the same, at 1/len(oneshot) the cost
+        t0, params = time.time(), dict(dense.named_parameters())
+        names = prune.prunable_names(dense, args.prune_embeddings, args.prune_head)
+        fisher = collect_fisher(dense, names, {}, d, args, rt, fisher_owners(params, names, rt), 1)
+        fisher_seconds = round(time.time() - t0, 1)
+        log(rt, f"one-shot: the dense model's Fisher, {args.num_grads} gradients ({fisher_seconds:.0f} s)")
     for s in args.oneshot:
         model, masks, t0 = copy.deepcopy(dense), {}, time.time()
         for i in range(1, args.recomputations + 1):
-            masks = pruning_event(i, s * i / args.recomputations, model, masks, None, d, args, rt)
+            masks = pruning_event(i, s * i / args.recomputations, model, masks, None, d, args, rt, fisher)
         seconds = time.time() - t0
         if rt.rank == 0:
             rows.append({"sparsity": s, "encoder_sparsity": prune.sparsity_by_component(model)["encoder"],
@@ -1024,14 +1041,14 @@ def oneshot(args, d, rt):
         del model
     if rt.rank == 0:
         title = (f"one-shot {args.method}, {args.recomputations} recomputation(s), {args.model}, "
-                 f"{args.task} validation")
+                 f"{args.task} validation" + (f"; one Fisher for all, {fisher_seconds:.0f} s" if fisher else ""))
         lines = [title, f"{'sparsity':>8} {'encoder':>8} " + " ".join(f"{k:>12}" for k in rows[0]["metric"])
                  + f" {'seconds':>8}"]
         lines += [f"{r['sparsity']:8.2f} {r['encoder_sparsity']:8.4f} " + " ".join(f"{v:12.2f}" for v in
                   r["metric"].values()) + f" {r['seconds']:8.1f}" for r in rows]
         print("\n".join(lines), flush=True)
-        write_atomic(out / "results.json", json.dumps({"task": args.task, "oneshot": rows, "table": lines,
-                                                       "args": vars(args)}, indent=1))
+        write_atomic(out / "results.json", json.dumps({"task": args.task, "oneshot": rows, "fisher_seconds": fisher_seconds,
+                                                       "table": lines, "args": vars(args)}, indent=1))
 
 
 def student_schedule(args, d) -> Schedule:

@@ -109,6 +109,8 @@ def trim(results: dict) -> dict:
     keep = ("metric", "teacher_metric", "sparsity", "target_sparsity", "tokens_per_s", "student_seconds",
             "wall_time_s", "peak_memory_gb")
     out = {k: results[k] for k in keep if k in results}
+    if "fisher_seconds" in results:
+        out["fisher_seconds"] = results["fisher_seconds"]
     if "oneshot" in results:
         out["oneshot"] = [{"sparsity": r["sparsity"], "accuracy": r["metric"]["accuracy"], "seconds": r["seconds"]}
                           for r in results["oneshot"]]

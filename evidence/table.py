@@ -144,7 +144,11 @@ def oneshot_table(res: dict) -> str:
         cols = [cell([next(r["accuracy"] for r in rec["oneshot"] if r["sparsity"] == s) for rec in records], 1)
                 for s in ONESHOT_SPARSITIES]
         secs = [r["seconds"] for rec in records for r in rec["oneshot"] if r["sparsity"] > 0]
-        rows.append([tuned, pruned, *cols, f"{min(secs):.0f}–{max(secs):.0f}" if secs else "", str(len(records))])
+        fisher = [rec["fisher_seconds"] for rec in records if rec.get("fisher_seconds")]
+        took = f"{min(secs):.0f}–{max(secs):.0f}" if secs else ""
+        if fisher:   # oBERT: one Fisher of the dense model serves every sparsity
+            took = f"Fisher once: {min(fisher):.0f}–{max(fisher):.0f}; then {took}"
+        rows.append([tuned, pruned, *cols, took, str(len(records))])
     for label, name in (("GMP", "gmp{p}"), ("oBERT", "obert{p}")):
         gradual = [cell(accuracy(seeds_of(res, name.format(p=p))), 1) for p in ("80", "90")]
         rows.append(["(AdamW teachers)", f"gradual {label}, the recipe (188 steps, KD)", "", "", "", *gradual, "",
@@ -179,11 +183,15 @@ def softmax_table(res: dict) -> str:
     if rec is None:
         return "not run"
     Ts = [str(t) for t in rec["temperatures"]]
-    rows = [[f"“{e['text'][:60]}{'…' if len(e['text']) > 60 else ''}”", str(e["label"]),
-             *[f"{e['p'][t][1]:.3f}" for t in Ts]] for e in rec["examples"]]
+    texts = [e["text"].strip() for e in rec["examples"]]
+    rows = [[f"“{t[:60]}{'…' if len(t) > 60 else ''}”", str(e["label"]),
+             *[f"{e['p'][t][1]:.3f}" for t in Ts]] for t, e in zip(texts, rec["examples"])]
     rows.append([f"all {rec['dev_size']} dev sentences: mean probability of the top class", "",
                  *[f"{rec['dev_mean_top_probability'][t]:.3f}" for t in Ts]])
-    return table(["dev sentence", "label", *[f"p(positive), T = {t}" for t in Ts]], rows, "lr" + "r" * len(Ts))
+    rows.append([f"all {rec['dev_size']} dev sentences: mean entropy (nats; at most ln 2 = 0.693)", "",
+                 *[f"{rec['dev_mean_entropy_nats'][t]:.3f}" for t in Ts]])
+    return table(["dev sentence", "label", *[f"p(positive), T = {float(t):g}" for t in Ts]], rows,
+                 "lr" + "r" * len(Ts))
 
 
 # -----------------------------------------------------------------------------
@@ -200,10 +208,22 @@ def bench_table(path: Path) -> str:
     return table(["measurement", "ours", "reference", "ratio", "target"], rows, "lrrrl")
 
 
+def cost_table(model: str) -> str:
+    """Not a measurement: prune.py's count of parameters and FLOPs (`python prune.py --report MODEL`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import prune
+    rows = prune.cost_table(prune.BUILTIN[model], 128)
+    P, F = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    return table([f"{model}, 128 tokens", "params (M)", "% params", "GFLOPs", "% FLOPs"],
+                 [[name, f"{p / 1e6:.2f}", f"{100 * p / P:.1f}", f"{f / 1e9:.2f}", f"{100 * f / F:.1f}"]
+                  for name, p, f in rows], "lrrrr")
+
+
 def render(folder: Path = RESULTS) -> dict[str, str]:
     """{table name: markdown} for every table the README carries."""
     res = load(folder)
-    out = {"sst2": sst2_table(res), "guidelines": guidelines_table(res), "oneshot": oneshot_table(res),
+    out = {"cost-bert-base": cost_table("bert-base-uncased"), "cost-roberta-large": cost_table("roberta-large"),
+           "sst2": sst2_table(res), "guidelines": guidelines_table(res), "oneshot": oneshot_table(res),
            "wall": wall_table(res), "softmax": softmax_table(res)}
     for name in ("bench-cpu", "bench-cpu-sparse"):
         if (folder / f"{name}.txt").is_file():

@@ -78,6 +78,21 @@ def test_oneshot_with_one_recomputation_equals_a_plain_prune_step(fine_tuned, tm
         assert torch.equal(got[table[n]], params[n].detach()), n
 
 
+def test_one_fisher_for_all_sparsities_equals_one_run_per_sparsity(fine_tuned, tmp_path, monkeypatch):
+    calls = []
+    collect = train.collect_fisher
+    monkeypatch.setattr(train, "collect_fisher", lambda *a, **k: calls.append(1) or collect(*a, **k))
+    train.main(oneshot_args(fine_tuned, tmp_path / "both", "--oneshot", "0.5,0.7", "--method", "obert", "--export"))
+    assert len(calls) == 1                      # computed once, at the dense weights
+    for s in ("0.5", "0.7"):
+        train.main(oneshot_args(fine_tuned, tmp_path / s, "--oneshot", s, "--method", "obert", "--export"))
+        want = load_file(str(tmp_path / s / f"oneshot-{s}" / "model.safetensors"))
+        got = load_file(str(tmp_path / "both" / f"oneshot-{s}" / "model.safetensors"))
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert len(calls) == 3
+    assert json.loads((tmp_path / "both" / "results.json").read_text())["fisher_seconds"] >= 0
+
+
 def test_each_recomputation_sees_the_previous_increments_masks(fine_tuned, tmp_path, monkeypatch):
     seen = []
     collect = train.collect_fisher

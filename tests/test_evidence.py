@@ -1,0 +1,101 @@
+"""evidence/table.py: its tables from fixture results files, and the README's tables equal to its output."""
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_module(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "evidence" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+table = load_module("table")
+
+
+def write(folder, name, accuracy, seconds=60.0, **extra):
+    record = {"name": name, "command": f"python train.py ... {name}", "commit": "abc", "seed": 0, "machine": "test",
+              "metric": {"accuracy": accuracy}, "wall_time_s": seconds, "student_seconds": seconds - 10,
+              "tokens_per_s": 1000.0, "peak_memory_gb": 1.5, **extra}
+    (folder / f"{name}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def fixtures(tmp_path):
+    for k, acc in enumerate((85.0, 86.0, 87.0)):
+        write(tmp_path, f"teacher-s{k}", acc)
+    for k, acc in enumerate((80.0, 81.0, 82.5)):
+        write(tmp_path, f"gmp80-s{k}", acc)
+    for k, acc in enumerate((50.0, 50.5)):               # 2 seeds: far below, beyond the spread
+        write(tmp_path, f"embhead80-s{k}", acc)
+    for k, acc in enumerate((80.5, 81.5, 82.0)):         # within the spread of gmp80
+        write(tmp_path, f"cubic80-s{k}", acc)
+    rows = [{"sparsity": s, "accuracy": a, "seconds": 0.3} for s, a in ((0.0, 85.0), (0.5, 82.0), (0.7, 76.0),
+                                                                       (0.8, 70.0), (0.9, 52.0))]
+    write(tmp_path, "oneshot-gmp-s0", 85.0, oneshot=rows)
+    (tmp_path / "bench-cpu.txt").write_text(
+        "# command: python bench.py\nprune-lm bench on CPU\nmeasurement" + " " * 80 + "ours\n"
+        + f"{'masked vs dense step, MiniLM (median s)':<84} {0.5668:10.4g} {0.5587:10.4g} {1.014:7.3f}  <= 1.05\n"
+        + f"{'global threshold, 302M weights (s)':<84} {7.231:10.4g} {float('nan'):10.4g} {float('nan'):7.3f}  info\n")
+    return tmp_path
+
+
+def row_of(markdown, *starts):
+    return next(line for line in markdown.splitlines() if all(s in line for s in starts))
+
+
+def test_tables_from_fixture_results(fixtures):
+    tables = table.render(fixtures)
+    m, s = statistics.mean([80.0, 81.0, 82.5]), statistics.stdev([80.0, 81.0, 82.5])
+    assert f"| {m:.2f} ± {s:.2f} | 3 |" in row_of(tables["sst2"], "the recipe: GMP", "| 80% |")
+    assert "50.25 ± 0.35 (2 seeds) | 2 |" in row_of(tables["sst2"], "embeddings and head", "| 80% |")
+    assert "not run" in row_of(tables["sst2"], "KD at T = 1", "| 90% |")
+    assert "| 1.0 ± 0.0 |" in row_of(tables["sst2"], "dense fine-tuned teacher")   # 60 s = 1.0 minute
+    embhead = row_of(tables["guidelines"], "`gmp80` − `embhead80`")
+    assert f"{m - 50.25:+.2f}" in embhead and "yes, as the paper says" in embhead
+    cubic = row_of(tables["guidelines"], "`gmp80` − `cubic80`")
+    assert "within the spread" in cubic
+    assert "not run" in row_of(tables["guidelines"], "`gmp90` − `t1-90`")
+    oneshot = row_of(tables["oneshot"], "AdamW (the teachers) | GMP, one shot")
+    assert "| 85.0 (1 seed) | 82.0 (1 seed) | 76.0 (1 seed) | 70.0 (1 seed) | 52.0 (1 seed) | 0–0 | 1 |" in oneshot
+    assert "| masked vs dense step, MiniLM (median s) | 0.5668 | 0.5587 | 1.014 | <= 1.05 |" in tables["bench-cpu"]
+    assert "| global threshold, 302M weights (s) | 7.231 |  |  | info |" in tables["bench-cpu"]
+
+
+def test_paste_replaces_only_marked_tables(fixtures):
+    tables = table.render(fixtures)
+    readme = "intro\n<!-- table: guidelines -->\nold\n<!-- /table -->\nmiddle | not a table |\n"
+    assert table.paste(readme, tables) == ("intro\n<!-- table: guidelines -->\n" + tables["guidelines"]
+                                           + "\n<!-- /table -->\nmiddle | not a table |\n")
+    with pytest.raises(KeyError):
+        table.paste("<!-- table: nonesuch -->\nx\n<!-- /table -->\n", tables)
+
+
+def test_readme_tables_are_table_py_output():
+    readme = (ROOT / "README.md").read_text()
+    names = {m["name"] for m in table.MARK.finditer(readme)}
+    assert {"sst2", "guidelines", "oneshot", "wall", "bench-cpu", "bench-cpu-sparse"} <= names
+    assert table.paste(readme, table.render()) == readme, "run: python evidence/table.py --write README.md"
+
+
+def test_every_results_file_names_its_command_commit_seed_and_machine():
+    results = table.load(table.RESULTS)
+    assert results, "no results files"
+    for name, record in results.items():
+        assert {"command", "commit", "seed", "machine"} <= set(record), name
+    for path in table.RESULTS.glob("*.txt"):
+        head = path.read_text().splitlines()[:4]
+        assert [line.split(":")[0] for line in head] == ["# command", "# commit", "# seed", "# machine"], path
+
+
+def test_schedule_figure_draws(tmp_path):
+    pytest.importorskip("matplotlib")
+    figures = load_module("figures")
+    figures.schedules_figure(tmp_path / "s.png")
+    assert 0 < (tmp_path / "s.png").stat().st_size < 200_000
