@@ -18,6 +18,7 @@ the paper's recipe (accelerated schedule from 70%, KD at T = 5.5 and hardness 1.
     python evidence/runs.py --only 'gmp90-'    # some runs (a regular expression on the names)
 """
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -45,8 +46,8 @@ def rows(M: str) -> list[tuple[str, list[str]]]:
     C = ["--task", "sst2", "--data-dir", "../shared/data", "--batch-size", "32", "--limit-train", str(LIMIT_TRAIN)]
     out = []
 
-    def add(name, args, script="train.py"):
-        for k in SEEDS:
+    def add(name, args, script="train.py", seeds=SEEDS):
+        for k in seeds:
             run = f"{name}-s{k}"
             teacher = str(RUNS / f"teacher-s{k}" / "model")
             cram = str(RUNS / f"cram-s{k}" / "model")
@@ -70,13 +71,14 @@ def rows(M: str) -> list[tuple[str, list[str]]]:
         add(f"embhead{p}", student(s, "--prune-embeddings", "--prune-head"))
     add("gmp90-2x", student(0.9, epochs="2"))
     add("gmp90-sparse", student(0.9, "--sparse-backprop"))
-    add("gmp90-plain", student(0.9, "--no-group-by-length"))
+    add("gmp90-plain", student(0.9, "--no-group-by-length"), seeds=SEEDS[:1])   # the other seeds below
     oneshot = ["--oneshot", "0.5,0.7,0.8,0.9"]
     add("oneshot-gmp", C + ["--model", "{teacher}"] + oneshot)
+    add("oneshot-obert", C + ["--model", "{teacher}", "--method", "obert"] + oneshot)
     add("cram", C + ["--model", M, "--sparsity", "0", "--epochs", "2", "--lr", "5e-5", "--optimizer", "cram"])
     add("oneshot-cram-gmp", C + ["--model", "{cram}"] + oneshot)
-    add("oneshot-obert", C + ["--model", "{teacher}", "--method", "obert"] + oneshot)
     add("oneshot-cram-obert", C + ["--model", "{cram}", "--method", "obert"] + oneshot)
+    add("gmp90-plain", student(0.9, "--no-group-by-length"), seeds=SEEDS[1:])
     for s, p in ((0.8, "80"), (0.9, "90")):
         add(f"obert{p}", student(s, "--method", "obert"))
     return out
@@ -94,14 +96,18 @@ def machine() -> str:
             f"python {platform.python_version()}, {platform.system()}")
 
 
+CODE = ["model.py", "prune.py", "schedule.py", "distill.py", "train.py", "data.py", "sparse.py", "evidence/softmax.py"]
+
+
+def git(*args) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+
+
 def commit() -> str:
-    """HEAD, with '+dirty' when a file that a run executes differs from it."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    code = ["model.py", "prune.py", "schedule.py", "distill.py", "train.py", "data.py", "sparse.py",
-            "evidence/softmax.py"]
-    dirty = subprocess.run(["git", "status", "--porcelain", "--"] + code, cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return head + ("+dirty" if dirty else "")
+    """HEAD; where a file that a run executes differs from it, '+dirty:' and the SHA-1 of that diff."""
+    head = git("rev-parse", "HEAD").strip()
+    diff = git("diff", "HEAD", "--", *CODE) + git("ls-files", "--others", "--exclude-standard", "--", *CODE)
+    return head + (f"+dirty:{hashlib.sha1(diff.encode()).hexdigest()[:12]}" if diff else "")
 
 
 def trim(results: dict) -> dict:
@@ -117,21 +123,30 @@ def trim(results: dict) -> dict:
     return out
 
 
+def shell(cmd: list[str], M: str) -> str:
+    return " ".join(shlex.quote(x) for x in cmd).replace(sys.executable, "python").replace(M, "$M")
+
+
 def run(name: str, cmd: list[str], M: str) -> dict:
     out = ROOT / RUNS / name
-    if out.exists() and name != "softmax":
+    finished = (out / "results.json").is_file() and name != "softmax"
+    if out.exists() and not finished and name != "softmax":
         cmd = cmd + ["--overwrite"]                 # an interrupted run of ours: train.py checks run.json
-    shown = " ".join(shlex.quote(x) for x in cmd).replace(sys.executable, "python").replace(M, "$M")
+    shown = shell(cmd, M)
     print(f"\n== {name}: {shown}", flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    seconds = round(time.time() - t0, 1)
+    t0, made_by, seconds = time.time(), commit(), None    # the code as the run starts
+    if finished:   # it ended but its record was not written: record it, never redo it (students used its model)
+        made_by = "unknown: the run finished before this record was written"
+        seconds = json.loads((out / "results.json").read_text()).get("wall_time_s")
+    else:
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        seconds = round(time.time() - t0, 1)
     if name == "softmax":
         record = json.loads((ROOT / RUNS / "softmax.json").read_text())
     else:
         record = trim(json.loads((out / "results.json").read_text()))
     seed = re.search(r"-s(\d+)$", name)
-    return {"name": name, "command": shown, "commit": commit(), "seed": int(seed.group(1)) if seed else 0,
+    return {"name": name, "command": shown, "commit": made_by, "seed": int(seed.group(1)) if seed else 0,
             "machine": machine(), "command_seconds": seconds, **record}
 
 
@@ -146,11 +161,12 @@ def main():
     for name, cmd in rows(M):
         done = (RESULTS / f"{name}.json").is_file()
         if args.list:
-            shown = " ".join(shlex.quote(x) for x in cmd).replace(sys.executable, "python").replace(M, "$M")
-            print(f"{'done' if done else 'todo'}  {name:22} {shown}")
+            print(f"{'done' if done else 'todo'}  {name:22} {shell(cmd, M)}")
         elif not done and re.search(args.only, name):
             record = run(name, cmd, M)
-            (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+            tmp = RESULTS / f"{name}.json.tmp"            # whole or absent: a half-written file is never 'done'
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            os.replace(tmp, RESULTS / f"{name}.json")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ what-sparsity-buys sections, each between two markers that the README carries:
 
 A cell over seeds is their mean ± the sample standard deviation (n - 1 in the denominator) and,
 where fewer than 3 seeds have finished, the count. A guideline's difference is called *shown*
-only when it exceeds the spread, the two rows' standard deviations added: mean_a - mean_b >
-std_a + std_b (their mean ± std ranges do not overlap).
+only when it exceeds the spread, the two rows' standard deviations added: |mean_a - mean_b| >
+std_a + std_b (their mean ± std ranges do not overlap); its sign says for or against the paper.
+A speed-up is a ratio of wall times taken per seed (the same seed's two runs), then averaged.
 
     python evidence/table.py                    # print every table
     python evidence/table.py --write README.md  # paste them between the README's markers
@@ -24,6 +25,9 @@ import re
 import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import prune                      # noqa: E402  (the parameter and FLOP counts)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = 3
@@ -45,7 +49,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def cell(values: list[float], digits: int = 2) -> str:
-    """'80.16 ± 0.42', or with fewer than SEEDS values '80.16 ± 0.42 (2 seeds)'; '' for none."""
+    """'80.16 ± 0.42', or with fewer than SEEDS values '80.16 ± 0.42 (2 seeds)'; 'not run' for none."""
     if not values:
         return "not run"
     m, s = mean_std(values)
@@ -60,13 +64,14 @@ def accuracy(records: list[dict]) -> list[float]:
 def table(header: list[str], rows: list[list[str]], align: str) -> str:
     """A markdown table; align holds one 'l' or 'r' per column."""
     rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
-    return "\n".join(["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows])
+    line = lambda cells: "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"   # a | inside a cell
+    return "\n".join([line(header), rule] + [line(r) for r in rows])
 
 
 # -----------------------------------------------------------------------------
 # The SST-2 miniature: every gradual row, and the guidelines' comparisons.
 
-GRADUAL = [   # (row label, run name without the sparsity, how the name carries it)
+GRADUAL = [   # (row label, run name with {p} for the sparsity in percent)
     ("the recipe: GMP, accelerated schedule, KD at T = 5.5", "gmp{p}"),
     ("the recipe with oBERT (1024 Fisher gradients of 8 per pruning step)", "obert{p}"),
     ("embeddings and head pruned too", "embhead{p}"),
@@ -82,7 +87,7 @@ def sst2_table(res: dict) -> str:
 
     def add(label, sparsity, records):
         rows.append([label, sparsity, cell(accuracy(records)), str(len(records)),
-                     cell([r["wall_time_s"] / 60 for r in records], 1) if records else "",
+                     cell([r["command_seconds"] / 60 for r in records], 1) if records else "",
                      cell([r["peak_memory_gb"] for r in records], 2) if records else ""])
 
     add("dense fine-tuned teacher (2 epochs)", "0%", seeds_of(res, "teacher"))
@@ -137,12 +142,18 @@ ONESHOT = [("AdamW (the teachers)", "GMP, one shot", "oneshot-gmp"),
 ONESHOT_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9)
 
 
+def oneshot_accuracy(record: dict, sparsity: float) -> float:
+    for row in record["oneshot"]:
+        if row["sparsity"] == sparsity:
+            return row["accuracy"]
+    raise KeyError(f"{record['name']} has no one-shot row at sparsity {sparsity}; rerun it with evidence/runs.py")
+
+
 def oneshot_table(res: dict) -> str:
     rows = []
     for tuned, pruned, name in ONESHOT:
         records = seeds_of(res, name)
-        cols = [cell([next(r["accuracy"] for r in rec["oneshot"] if r["sparsity"] == s) for rec in records], 1)
-                for s in ONESHOT_SPARSITIES]
+        cols = [cell([oneshot_accuracy(rec, s) for rec in records], 1) for s in ONESHOT_SPARSITIES]
         secs = [r["seconds"] for rec in records for r in rec["oneshot"] if r["sparsity"] > 0]
         fisher = [rec["fisher_seconds"] for rec in records if rec.get("fisher_seconds")]
         took = f"{min(secs):.0f}–{max(secs):.0f}" if secs else ""
@@ -151,31 +162,37 @@ def oneshot_table(res: dict) -> str:
         rows.append([tuned, pruned, *cols, took, str(len(records))])
     for label, name in (("GMP", "gmp{p}"), ("oBERT", "obert{p}")):
         gradual = [cell(accuracy(seeds_of(res, name.format(p=p))), 1) for p in ("80", "90")]
-        rows.append(["(AdamW teachers)", f"gradual {label}, the recipe (188 steps, KD)", "", "", "", *gradual, "",
+        rows.append(["(pretrained, KD from the teachers)", f"gradual {label}, the recipe (188 steps)", "", "", "",
+                     *gradual, "",
                      str(len(seeds_of(res, name.format(p=90))))])
     return table(["fine-tuned with", "pruned by", "dense", "50%", "70%", "80%", "90%", "seconds per sparsity",
                   "seeds"], rows, "llrrrrrrr")
+
+
+def speedup(res: dict, slow: str, fast: str) -> str:
+    """slow's student seconds / fast's, seed by seed (the same seed's two runs), as mean ± std."""
+    slow_s = {r["seed"]: r["student_seconds"] for r in seeds_of(res, slow)}
+    ratios = [slow_s[r["seed"]] / r["student_seconds"] for r in seeds_of(res, fast) if r["seed"] in slow_s]
+    if not ratios or slow == fast:
+        return ""
+    m, s = mean_std(ratios)
+    text = f"{m:.2f}× ± {s:.2f}" if len(ratios) > 1 else f"{m:.2f}×"
+    return text + (f" ({len(ratios)} seed{'s' * (len(ratios) > 1)})" if len(ratios) < SEEDS else "")
 
 
 def wall_table(res: dict) -> str:
     runs = [("in data order (`--no-group-by-length`)", "dense", "gmp90-plain"),
             ("grouped by length (the default)", "dense", "gmp90"),
             ("grouped by length", "`--sparse-backprop`", "gmp90-sparse")]
-    base = {}
     rows = []
     for batches, kernels, name in runs:
         records = seeds_of(res, name)
-        secs = [r["student_seconds"] for r in records]
-        base[name] = statistics.mean(secs) if secs else None
-        speed = ""
-        if secs and base.get("gmp90-plain"):
-            speed = f"{base['gmp90-plain'] / base[name]:.2f}×"
-            if name == "gmp90-sparse" and base.get("gmp90"):
-                speed += f" ({base['gmp90'] / base[name]:.2f}× over dense kernels)"
-        rows.append([batches, kernels, cell(secs, 1), cell([r["tokens_per_s"] for r in records], 0),
-                     cell(accuracy(records)), speed, str(len(records))])
+        rows.append([batches, kernels, cell([r["student_seconds"] for r in records], 1),
+                     cell([r["tokens_per_s"] for r in records], 0), cell(accuracy(records)),
+                     speedup(res, "gmp90-plain", name), speedup(res, "gmp90", name) if name == "gmp90-sparse" else "",
+                     str(len(records))])
     return table(["batches", "kernels", "student phase (s)", "real tokens/s", "dev accuracy",
-                  "speed-up (of the means)", "seeds"], rows, "llrrrrr")
+                  "speed-up over data order", "speed-up over dense kernels", "seeds"], rows, "llrrrrrr")
 
 
 def softmax_table(res: dict) -> str:
@@ -203,6 +220,8 @@ def bench_table(path: Path) -> str:
     for line in path.read_text().splitlines():
         if line.startswith("#") or len(line) < 90 or line.startswith(("prune-lm", "ratio", "measurement")):
             continue
+        if line[84] != " ":
+            raise ValueError(f"{path.name}: a label longer than bench.py's 84 columns: {line[:90]!r}")
         label, (ours, ref, ratio, *target) = line[:84].rstrip(), line[84:].split()
         rows.append([label, *["" if v == "nan" else v for v in (ours, ref, ratio)], " ".join(target)])
     return table(["measurement", "ours", "reference", "ratio", "target"], rows, "lrrrl")
@@ -210,8 +229,6 @@ def bench_table(path: Path) -> str:
 
 def cost_table(model: str) -> str:
     """Not a measurement: prune.py's count of parameters and FLOPs (`python prune.py --report MODEL`)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import prune
     rows = prune.cost_table(prune.BUILTIN[model], 128)
     P, F = sum(r[1] for r in rows), sum(r[2] for r in rows)
     return table([f"{model}, 128 tokens", "params (M)", "% params", "GFLOPs", "% FLOPs"],

@@ -20,9 +20,10 @@ table = load_module("table")
 
 
 def write(folder, name, accuracy, seconds=60.0, **extra):
-    record = {"name": name, "command": f"python train.py ... {name}", "commit": "abc", "seed": 0, "machine": "test",
-              "metric": {"accuracy": accuracy}, "wall_time_s": seconds, "student_seconds": seconds - 10,
-              "tokens_per_s": 1000.0, "peak_memory_gb": 1.5, **extra}
+    record = {"name": name, "command": f"python train.py ... {name}", "commit": "abc", "seed": int(name[-1]),
+              "machine": "test", "metric": {"accuracy": accuracy}, "command_seconds": seconds,
+              "wall_time_s": seconds - 3, "student_seconds": seconds - 10, "tokens_per_s": 1000.0,
+              "peak_memory_gb": 1.5, **extra}
     (folder / f"{name}.json").write_text(json.dumps(record))
 
 
@@ -36,9 +37,24 @@ def fixtures(tmp_path):
         write(tmp_path, f"embhead80-s{k}", acc)
     for k, acc in enumerate((80.5, 81.5, 82.0)):         # within the spread of gmp80
         write(tmp_path, f"cubic80-s{k}", acc)
+    for k, acc in enumerate((84.0, 85.0, 86.0)):         # beats the recipe beyond the spread: against the paper
+        write(tmp_path, f"t1-80-s{k}", acc)
+    write(tmp_path, "nokd80-s0", 79.0)                    # one seed: no spread to compare with
+    for k, (plain, grouped, fast) in enumerate(((300, 100, 80), (330, 110, 88), (270, 90, None))):
+        write(tmp_path, f"gmp90-plain-s{k}", 70.0, seconds=plain + 10)
+        write(tmp_path, f"gmp90-s{k}", 70.0, seconds=grouped + 10)
+        if fast:
+            write(tmp_path, f"gmp90-sparse-s{k}", 70.0, seconds=fast + 10)
     rows = [{"sparsity": s, "accuracy": a, "seconds": 0.3} for s, a in ((0.0, 85.0), (0.5, 82.0), (0.7, 76.0),
                                                                        (0.8, 70.0), (0.9, 52.0))]
     write(tmp_path, "oneshot-gmp-s0", 85.0, oneshot=rows)
+    write(tmp_path, "oneshot-obert-s0", 85.0, oneshot=[dict(r, seconds=2.0) for r in rows], fisher_seconds=150.0)
+    p = {"1.0": [0.1, 0.9], "2.0": [0.25, 0.75], "5.5": [0.4, 0.6]}
+    (tmp_path / "softmax.json").write_text(json.dumps({
+        "name": "softmax", "command": "python evidence/softmax.py", "commit": "abc", "seed": 0, "machine": "test",
+        "temperatures": [1.0, 2.0, 5.5], "dev_size": 2, "examples": [{"text": " good | fun ", "label": 1, "p": p}],
+        "dev_mean_top_probability": {"1.0": 0.9, "2.0": 0.75, "5.5": 0.6},
+        "dev_mean_entropy_nats": {"1.0": 0.3, "2.0": 0.5, "5.5": 0.67}}))
     (tmp_path / "bench-cpu.txt").write_text(
         "# command: python bench.py\nprune-lm bench on CPU\nmeasurement" + " " * 80 + "ours\n"
         + f"{'masked vs dense step, MiniLM (median s)':<84} {0.5668:10.4g} {0.5587:10.4g} {1.014:7.3f}  <= 1.05\n"
@@ -56,14 +72,27 @@ def test_tables_from_fixture_results(fixtures):
     assert f"| {m:.2f} ± {s:.2f} | 3 |" in row_of(tables["sst2"], "the recipe: GMP", "| 80% |")
     assert "50.25 ± 0.35 (2 seeds) | 2 |" in row_of(tables["sst2"], "embeddings and head", "| 80% |")
     assert "not run" in row_of(tables["sst2"], "KD at T = 1", "| 90% |")
-    assert "| 1.0 ± 0.0 |" in row_of(tables["sst2"], "dense fine-tuned teacher")   # 60 s = 1.0 minute
+    assert "| 1.0 ± 0.0 |" in row_of(tables["sst2"], "dense fine-tuned teacher")   # 60 s of command = 1.0 minute
     embhead = row_of(tables["guidelines"], "`gmp80` − `embhead80`")
     assert f"{m - 50.25:+.2f}" in embhead and "yes, as the paper says" in embhead
     cubic = row_of(tables["guidelines"], "`gmp80` − `cubic80`")
     assert "within the spread" in cubic
     assert "not run" in row_of(tables["guidelines"], "`gmp90` − `t1-90`")
+    t1 = row_of(tables["guidelines"], "`gmp80` − `t1-80`")
+    assert f"| {m - 85.0:+.2f} | {s + 1.0:.2f} |" in t1 and "against the paper" in t1
+    assert "one seed: no spread" in row_of(tables["guidelines"], "`gmp80` − `nokd80`")
     oneshot = row_of(tables["oneshot"], "AdamW (the teachers) | GMP, one shot")
     assert "| 85.0 (1 seed) | 82.0 (1 seed) | 76.0 (1 seed) | 70.0 (1 seed) | 52.0 (1 seed) | 0–0 | 1 |" in oneshot
+    obert = row_of(tables["oneshot"], "AdamW (the teachers) | oBERT")
+    assert "| Fisher once: 150–150; then 2–2 | 1 |" in obert
+    # speed-ups are per seed (student seconds): plain/grouped = 300/100, 330/110, 270/90 = 3.0 each;
+    # over the 2 seeds with a sparse run, plain/sparse = 300/80, 330/88 = 3.75 and grouped/sparse = 1.25
+    sparse = row_of(tables["wall"], "`--sparse-backprop`")
+    assert "| 3.75× ± 0.00 (2 seeds) | 1.25× ± 0.00 (2 seeds) | 2 |" in sparse
+    grouped = row_of(tables["wall"], "grouped by length (the default)")
+    assert "| 100.0 ± 10.0 |" in grouped and "| 3.00× ± 0.00 |  | 3 |" in grouped
+    soft = row_of(tables["softmax"], "good")
+    assert "“good \\| fun” | 1 | 0.900 | 0.750 | 0.600 |" in soft        # a | in a cell is escaped
     assert "| masked vs dense step, MiniLM (median s) | 0.5668 | 0.5587 | 1.014 | <= 1.05 |" in tables["bench-cpu"]
     assert "| global threshold, 302M weights (s) | 7.231 |  |  | info |" in tables["bench-cpu"]
 
@@ -80,7 +109,7 @@ def test_paste_replaces_only_marked_tables(fixtures):
 def test_readme_tables_are_table_py_output():
     readme = (ROOT / "README.md").read_text()
     names = {m["name"] for m in table.MARK.finditer(readme)}
-    assert {"sst2", "guidelines", "oneshot", "wall", "bench-cpu", "bench-cpu-sparse"} <= names
+    assert names == set(table.render()), "every table evidence/table.py makes is in the README, and no other"
     assert table.paste(readme, table.render()) == readme, "run: python evidence/table.py --write README.md"
 
 

@@ -78,14 +78,18 @@ def test_oneshot_with_one_recomputation_equals_a_plain_prune_step(fine_tuned, tm
         assert torch.equal(got[table[n]], params[n].detach()), n
 
 
-def test_one_fisher_for_all_sparsities_equals_one_run_per_sparsity(fine_tuned, tmp_path, monkeypatch):
+@pytest.mark.parametrize("block", ["8", "2"])       # matrix-free (B > m = 3 gradients), and blocks
+def test_one_fisher_for_all_sparsities_equals_one_run_per_sparsity(fine_tuned, tmp_path, monkeypatch, block):
+    """Each single-sparsity run equals a plain prune step (the test above), so this ties the shared
+    Fisher to the per-sparsity one; it also catches F⁻¹ being changed by one sparsity's update."""
     calls = []
     collect = train.collect_fisher
     monkeypatch.setattr(train, "collect_fisher", lambda *a, **k: calls.append(1) or collect(*a, **k))
-    train.main(oneshot_args(fine_tuned, tmp_path / "both", "--oneshot", "0.5,0.7", "--method", "obert", "--export"))
+    obert = ["--method", "obert", "--block-size", block, "--export"]
+    train.main(oneshot_args(fine_tuned, tmp_path / "both", "--oneshot", "0.5,0.7", *obert))
     assert len(calls) == 1                      # computed once, at the dense weights
     for s in ("0.5", "0.7"):
-        train.main(oneshot_args(fine_tuned, tmp_path / s, "--oneshot", s, "--method", "obert", "--export"))
+        train.main(oneshot_args(fine_tuned, tmp_path / s, "--oneshot", s, *obert))
         want = load_file(str(tmp_path / s / f"oneshot-{s}" / "model.safetensors"))
         got = load_file(str(tmp_path / "both" / f"oneshot-{s}" / "model.safetensors"))
         assert all(torch.equal(got[k], want[k]) for k in want)
