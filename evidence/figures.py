@@ -30,7 +30,7 @@ from table import load, seeds_of, accuracy, mean_std, RESULTS   # noqa: E402
 OUT = HERE / "figures"
 
 
-def series(res, name, at):
+def series(res, at):
     """(x, mean, std) over seeds: a gradual row at its sparsity, or a one-shot row at each."""
     xs, ms, ss = [], [], []
     for s, runs in at:
@@ -63,7 +63,7 @@ def accuracy_figure(res, path):
              ("gradual GMP, KD at T = 1", gradual_points("t1-{p}"), "-", "<"),
              ("gradual GMP, no KD", gradual_points("nokd{p}"), "-", "x")]
     for i, (label, at, style, marker) in enumerate(lines):
-        xs, ms, ss = series(res, label, at)
+        xs, ms, ss = series(res, at)
         if xs:   # a small sideways offset per method keeps overlapping error bars readable
             ax.errorbar([x + 0.35 * (i - 4) for x in xs], ms, yerr=ss, label=label, linestyle=style, marker=marker,
                         markersize=4, capsize=2, linewidth=1)
@@ -71,7 +71,7 @@ def accuracy_figure(res, path):
     ax.set_ylabel("SST-2 dev accuracy (%)")
     ax.set_title("MiniLM on the SST-2 miniature: mean ± std over seeds", fontsize=10)
     ax.axhline(50.9, color="grey", linewidth=0.6)
-    ax.text(1, 51.5, "majority class", fontsize=7, color="grey")
+    ax.annotate("majority class", xy=(0.01, 51.2), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
