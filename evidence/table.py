@@ -13,7 +13,8 @@ A cell over seeds is their mean ± the sample standard deviation (n - 1 in the d
 where fewer than 3 seeds have finished, the count. A guideline's difference is called *shown*
 only when it exceeds the spread, the two rows' standard deviations added: |mean_a - mean_b| >
 std_a + std_b (their mean ± std ranges do not overlap); its sign says for or against the paper.
-A speed-up is a ratio of wall times taken per seed (the same seed's two runs), then averaged.
+The guidelines' table also lists the differences seed by seed (the same seed's two runs share a
+teacher and a data order). A speed-up is a ratio of wall times taken per seed, then averaged.
 
     python evidence/table.py                    # print every table
     python evidence/table.py --write README.md  # paste them between the README's markers
@@ -122,14 +123,23 @@ def verdict(a: list[float], b: list[float]) -> tuple[str, str, str]:
     return f"{d:+.2f}", f"{spread:.2f}", "**yes, as the paper says**" if d > 0 else "**yes, against the paper**"
 
 
+def per_seed(res: dict, a: str, b: str) -> str:
+    """The same seed's two runs (one teacher, one data order) subtracted: '+1.2, -0.3, +2.0'."""
+    acc_b = {r["seed"]: r["metric"]["accuracy"] for r in seeds_of(res, b)}
+    return ", ".join(f"{r['metric']['accuracy'] - acc_b[r['seed']]:+.1f}" for r in seeds_of(res, a)
+                     if r["seed"] in acc_b)
+
+
 def guidelines_table(res: dict) -> str:
     rows = []
     for guideline, win, lose, at in COMPARISONS:
         for p in at:
-            a, b = accuracy(seeds_of(res, win.format(p=p))), accuracy(seeds_of(res, lose.format(p=p)))
-            rows.append([guideline, f"{p}%", f"`{win.format(p=p)}` − `{lose.format(p=p)}`", *verdict(a, b)])
+            a, b = win.format(p=p), lose.format(p=p)
+            rows.append([guideline, f"{p}%", f"`{a}` − `{b}`", *verdict(accuracy(seeds_of(res, a)),
+                                                                        accuracy(seeds_of(res, b))),
+                         per_seed(res, a, b)])
     return table(["guideline", "at", "runs compared", "difference (points)", "spread (std + std)",
-                  "shown beyond the spread?"], rows, "lllrrl")
+                  "shown beyond the spread?", "per seed"], rows, "lllrrll")
 
 
 # -----------------------------------------------------------------------------

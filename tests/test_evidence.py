@@ -81,6 +81,7 @@ def test_tables_from_fixture_results(fixtures):
     t1 = row_of(tables["guidelines"], "`gmp80` − `t1-80`")
     assert f"| {m - 85.0:+.2f} | {s + 1.0:.2f} |" in t1 and "against the paper" in t1
     assert "one seed: no spread" in row_of(tables["guidelines"], "`gmp80` − `nokd80`")
+    assert t1.endswith("| -4.0, -4.0, -3.5 |")              # 80 - 84, 81 - 85, 82.5 - 86, seed by seed
     oneshot = row_of(tables["oneshot"], "AdamW (the teachers) | GMP, one shot")
     assert "| 85.0 (1 seed) | 82.0 (1 seed) | 76.0 (1 seed) | 70.0 (1 seed) | 52.0 (1 seed) | 0–0 | 1 |" in oneshot
     obert = row_of(tables["oneshot"], "AdamW (the teachers) | oBERT")
