@@ -246,12 +246,32 @@ def cost_table(model: str) -> str:
                   for name, p, f in rows], "lrrrr")
 
 
+def kind_of(name: str) -> str:
+    for prefix, kind in (("teacher-", "dense teachers"), ("oneshot-", "one-shot pruning"),
+                         ("cram-", "CrAM fine-tuning"), ("softmax", "the teacher's softmax")):
+        if name.startswith(prefix):
+            return kind
+    return "gradual pruning (students)"
+
+
+def compute_table(res: dict) -> str:
+    """What the evidence cost: runs and the wall time of their commands, by kind."""
+    kinds = ["dense teachers", "gradual pruning (students)", "one-shot pruning", "CrAM fine-tuning",
+             "the teacher's softmax"]
+    seconds = {k: [r["command_seconds"] for name, r in res.items() if kind_of(name) == k and r.get("command_seconds")]
+               for k in kinds}
+    rows = [[k, str(len(seconds[k])), f"{sum(seconds[k]) / 60:.1f}"] for k in kinds]
+    everything = [x for k in kinds for x in seconds[k]]
+    rows.append(["all", str(len(everything)), f"{sum(everything) / 60:.1f}"])
+    return table(["runs", "count", "minutes (wall time of the commands, one after another)"], rows, "lrr")
+
+
 def render(folder: Path = RESULTS) -> dict[str, str]:
     """{table name: markdown} for every table the README carries."""
     res = load(folder)
     out = {"cost-bert-base": cost_table("bert-base-uncased"), "cost-roberta-large": cost_table("roberta-large"),
            "sst2": sst2_table(res), "guidelines": guidelines_table(res), "oneshot": oneshot_table(res),
-           "wall": wall_table(res), "softmax": softmax_table(res)}
+           "wall": wall_table(res), "softmax": softmax_table(res), "compute": compute_table(res)}
     for name in ("bench-cpu", "bench-cpu-sparse"):
         if (folder / f"{name}.txt").is_file():
             out[name] = bench_table(folder / f"{name}.txt")

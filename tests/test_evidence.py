@@ -94,6 +94,9 @@ def test_tables_from_fixture_results(fixtures):
     assert "| 100.0 ± 10.0 |" in grouped and "| 3.00× ± 0.00 |  | 3 |" in grouped
     soft = row_of(tables["softmax"], "good")
     assert "“good \\| fun” | 1 | 0.900 | 0.750 | 0.600 |" in soft        # a | in a cell is escaped
+    # teachers 3 x 60 s; students 3 + 2 + 3 + 3 + 1 + 3 + 3 + 2 runs; one-shot 2 x 60 s; the softmax fixture has no time
+    assert "| gradual pruning (students) | 20 |" in tables["compute"] and "| all | 25 |" in tables["compute"]
+    assert "| dense teachers | 3 | 3.0 |" in tables["compute"] and "| one-shot pruning | 2 | 2.0 |" in tables["compute"]
     assert "| masked vs dense step, MiniLM (median s) | 0.5668 | 0.5587 | 1.014 | <= 1.05 |" in tables["bench-cpu"]
     assert "| global threshold, 302M weights (s) | 7.231 |  |  | info |" in tables["bench-cpu"]
 
