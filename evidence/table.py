@@ -166,7 +166,8 @@ def oneshot_table(res: dict) -> str:
         cols = [cell([oneshot_accuracy(rec, s) for rec in records], 1) for s in ONESHOT_SPARSITIES]
         secs = [r["seconds"] for rec in records for r in rec["oneshot"] if r["sparsity"] > 0]
         fisher = [rec["fisher_seconds"] for rec in records if rec.get("fisher_seconds")]
-        took = f"{min(secs):.0f}–{max(secs):.0f}" if secs else ""
+        digits = 1 if secs and max(secs) < 10 else 0
+        took = f"{min(secs):.{digits}f}–{max(secs):.{digits}f}" if secs else ""
         if fisher:   # oBERT: one Fisher of the dense model serves every sparsity
             took = f"Fisher once: {min(fisher):.0f}–{max(fisher):.0f}; then {took}"
         rows.append([tuned, pruned, *cols, took, str(len(records))])

@@ -83,9 +83,9 @@ def test_tables_from_fixture_results(fixtures):
     assert "one seed: no spread" in row_of(tables["guidelines"], "`gmp80` − `nokd80`")
     assert t1.endswith("| -4.0, -4.0, -3.5 |")              # 80 - 84, 81 - 85, 82.5 - 86, seed by seed
     oneshot = row_of(tables["oneshot"], "AdamW (the teachers) | GMP, one shot")
-    assert "| 85.0 (1 seed) | 82.0 (1 seed) | 76.0 (1 seed) | 70.0 (1 seed) | 52.0 (1 seed) | 0–0 | 1 |" in oneshot
+    assert "| 85.0 (1 seed) | 82.0 (1 seed) | 76.0 (1 seed) | 70.0 (1 seed) | 52.0 (1 seed) | 0.3–0.3 | 1 |" in oneshot
     obert = row_of(tables["oneshot"], "AdamW (the teachers) | oBERT")
-    assert "| Fisher once: 150–150; then 2–2 | 1 |" in obert
+    assert "| Fisher once: 150–150; then 2.0–2.0 | 1 |" in obert
     # speed-ups are per seed (student seconds): plain/grouped = 300/100, 330/110, 270/90 = 3.0 each;
     # over the 2 seeds with a sparse run, plain/sparse = 300/80, 330/88 = 3.75 and grouped/sparse = 1.25
     sparse = row_of(tables["wall"], "`--sparse-backprop`")
