@@ -72,7 +72,7 @@ def accuracy_figure(res, path):
     ax.set_title("MiniLM on the SST-2 miniature: mean ± std over seeds", fontsize=10)
     ax.axhline(50.9, color="grey", linewidth=0.6)
     ax.annotate("majority class", xy=(0.01, 51.2), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
