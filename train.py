@@ -67,9 +67,9 @@ RUN_FILES = {(): ("run.json", "results.json", "sparsity_report.txt"),
              ("student",): ("checkpoint.pt", "log.jsonl")}
 
 
-# CrAM's perturbation size for AdamW on BERT-family fine-tuning, chosen by measurement (README, "One-shot
-# pruning and CrAM"): of rho in {0.01, 0.1, 1, 10}, fine-tuning MiniLM on SST-2, 0.01 kept the dense accuracy
-# and gave the best one-shot accuracy on held-out training sentences; larger rho made one-shot pruning worse.
+# CrAM's perturbation size for AdamW on BERT-family fine-tuning, chosen by measurement (commit 279b8c9's
+# README): of rho in {0.01, 0.1, 1, 10}, fine-tuning MiniLM on SST-2, 0.01 kept the dense accuracy and gave
+# the best one-shot accuracy on held-out training sentences; larger rho made one-shot pruning worse.
 # The CrAM paper's rho = 0.05 is for SGD on ImageNet; rho multiplies the raw gradient, so its scale is the task's.
 CRAM_RHO = 0.01
 
@@ -581,7 +581,8 @@ def cram_forward_backward(net, model, teacher, batches, task, args, rt):
 
     so the model learns weights whose compressed neighbours also have low loss: it can later be
     pruned in one shot. Two forward and backward passes and one global top-k over the encoder per
-    step: on MiniLM on 2 CPU cores, 3.5 times an AdamW step (420-432 s vs 121 s for 500 steps; README)."""
+    step: on MiniLM on 2 CPU cores, 2.8-3.3 times AdamW's fine-tuning (307-325 s vs 98-109 s for the
+    same 376 steps; evidence/results/cram-s*.json against teacher-s*.json, README)."""
     params = dict(model.named_parameters())
     loss, tokens = forward_backward(net, teacher, batches, task, args, rt)             # g, in .grad
     g = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
