@@ -107,6 +107,7 @@ COMPARISONS = [   # (guideline, what the paper says wins, what it beats, at)
     ("3. KD at T = 5.5 rather than T = 1", "gmp{p}", "t1-{p}", ("80", "90")),
     ("3. KD at T = 5.5 rather than T = 2", "gmp{p}", "t2-{p}", ("80", "90")),
     ("3. KD rather than none", "gmp{p}", "nokd{p}", ("80", "90")),
+    ("the pruner: oBERT rather than GMP", "obert{p}", "gmp{p}", ("80", "90")),   # the paper's strongest method
 ]
 
 
