@@ -40,6 +40,7 @@ def fixtures(tmp_path):
     for k, acc in enumerate((84.0, 85.0, 86.0)):         # beats the recipe beyond the spread: against the paper
         write(tmp_path, f"t1-80-s{k}", acc)
     write(tmp_path, "nokd80-s0", 79.0)                    # one seed: no spread to compare with
+    write(tmp_path, "obert80-s0", 83.0)                   # gradual oBERT: 80% has one seed, 90% none yet
     for k, (plain, grouped, fast) in enumerate(((300, 100, 80), (330, 110, 88), (270, 90, None))):
         write(tmp_path, f"gmp90-plain-s{k}", 70.0, seconds=plain + 10)
         write(tmp_path, f"gmp90-s{k}", 70.0, seconds=grouped + 10)
@@ -84,6 +85,9 @@ def test_tables_from_fixture_results(fixtures):
     assert t1.endswith("| -4.0, -4.0, -3.5 |")              # 80 - 84, 81 - 85, 82.5 - 86, seed by seed
     oneshot = row_of(tables["oneshot"], "AdamW (the teachers) | GMP, one shot")
     assert "| 85.0 (1 seed) | 82.0 (1 seed) | 76.0 (1 seed) | 70.0 (1 seed) | 52.0 (1 seed) | 0.3–0.3 | 1 |" in oneshot
+    assert row_of(tables["oneshot"], "gradual GMP").endswith("|  | 3 |")         # 3 seeds at both sparsities
+    assert row_of(tables["oneshot"], "gradual oBERT").endswith("| 83.0 (1 seed) | not run |  | 1 / 0 |")
+    assert "one seed: no spread" in row_of(tables["guidelines"], "`obert80` − `gmp80`")
     obert = row_of(tables["oneshot"], "AdamW (the teachers) | oBERT")
     assert "| Fisher once: 150–150; then 2.0–2.0 | 1 |" in obert
     # speed-ups are per seed (student seconds): plain/grouped = 300/100, 330/110, 270/90 = 3.0 each;
@@ -95,7 +99,7 @@ def test_tables_from_fixture_results(fixtures):
     soft = row_of(tables["softmax"], "good")
     assert "“good \\| fun” | 1 | 0.900 | 0.750 | 0.600 |" in soft        # a | in a cell is escaped
     # teachers 3 x 60 s; students 3 + 2 + 3 + 3 + 1 + 3 + 3 + 2 runs; one-shot 2 x 60 s; the softmax fixture has no time
-    assert "| gradual pruning (students) | 20 |" in tables["compute"] and "| all | 25 |" in tables["compute"]
+    assert "| gradual pruning (students) | 21 |" in tables["compute"] and "| all | 26 |" in tables["compute"]
     assert "| dense teachers | 3 | 3.0 |" in tables["compute"] and "| one-shot pruning | 2 | 2.0 |" in tables["compute"]
     assert "| masked vs dense step, MiniLM (median s) | 0.5668 | 0.5587 | 1.014 | <= 1.05 |" in tables["bench-cpu"]
     assert "| global threshold, 302M weights (s) | 7.231 |  |  | info |" in tables["bench-cpu"]
