@@ -6,7 +6,8 @@ with the target"), following the gradual schedule of Zhu & Gupta (2017) as accel
 oBERT (Kurtic et al. 2022, appendix) and GMP* (Kurtic & Alistarh 2022) recipes:
 
   1. dense fine-tuning until the first pruning step t_0 (2/30 of training in the 30-epoch recipe);
-  2. at t_0, one jump to the initial sparsity s_i (0.7, never above the target s_f);
+  2. at t_0, one jump to the initial sparsity s_i (never above the target s_f): 0.7 for BERT-base
+     and larger, 0.3 for models of fewer than 12 layers (`initial_sparsity`);
   3. at pruning steps every 4/30 of training until t_end (26/30), the cubic
          s(t) = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_end - t_0))^3
      which prunes fast while many weights are redundant and slowly near the target;
@@ -30,11 +31,20 @@ import argparse
 from dataclasses import dataclass, replace
 
 
+def initial_sparsity(num_layers: int) -> float:
+    """s_i by depth, as the oBERT authors chose it: 0.7 for the 12-layer BERT-base (SparseML's
+    30epochs_unstructured*.yaml recipes), 0.3 for their 6- and 3-layer models (the
+    30epochs_init30_*.yaml recipes, research/optimal_BERT_surgeon_oBERT's Table 3): a small model has
+    fewer redundant weights to lose in one jump."""
+    return 0.7 if num_layers >= 12 else 0.3
+
+
 @dataclass(frozen=True)
 class Schedule:
     total_steps: int                 # optimizer steps in the whole run
     target: float                    # s_f, the final sparsity; 0 means dense fine-tuning
-    init_sparsity: float = 0.7       # s_i of the accelerated recipe (clipped to the target)
+    init_sparsity: float = 0.7       # s_i of the accelerated recipe (clipped to the target; by depth:
+                                     # `initial_sparsity`)
     kind: str = "accelerated"        # "accelerated" (jump to s_i first) or "cubic" (from zero)
     lr_max: float = 8e-5             # BERT-base SQuAD recipe: 8e-5 ...
     lr_min: float = 8e-6             # ... to 8e-6

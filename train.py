@@ -51,7 +51,7 @@ import distill
 import model as modeling
 import prune
 import sparse
-from schedule import Schedule
+from schedule import Schedule, initial_sparsity
 
 # The flags that do NOT define a run: a folder's run.json must match every other argument
 # (so a new flag defines the run unless it is listed here).
@@ -108,6 +108,8 @@ class Data:
     eval_features: list
     pad_id: int
     tokens_per_batch: int          # batch size x mean real length: sparse.route times the kernels on this many
+    holdout_examples: list = ()    # --holdout: the training file's last N examples, never trained on
+    holdout_features: list = ()
 
 
 # -----------------------------------------------------------------------------
@@ -155,7 +157,8 @@ def add_recipe_args(a):
     a("--data-dir", help="folder with the released data files; without it the hub is used")
     a("--pattern", default="unstructured", help="unstructured, 4-block, or N:M such as 2:4")
     a("--scope", default="global", choices=["global", "layer"], help="one threshold for all, or per matrix")
-    a("--init-sparsity", type=float, default=0.7, help="first jump of the accelerated schedule")
+    a("--init-sparsity", type=float, help="first jump of the accelerated schedule (default by depth: 0.7 for 12 "
+                                          "layers or more, 0.3 below, as the oBERT recipes; schedule.py)")
     a("--schedule", default="accelerated", choices=["accelerated", "cubic"], help="cubic = naive, from zero")
     a("--epochs", type=float, help="student epochs (default per task)")
     a("--lr", type=float, help="peak LR of the student (default per task); decays to --lr-min each cycle")
@@ -164,7 +167,7 @@ def add_recipe_args(a):
     a("--teacher-lr", type=float, help="dense teacher LR (default per task)")
     a("--warmup", type=float, help="linear LR warm-up, as a fraction of each phase's steps (default per task)")
     a("--warmup-steps", type=int, help="linear LR warm-up in optimizer steps (overrides --warmup)")
-    a("--weight-decay", type=float, default=0.01, help="AdamW weight decay (none on biases and LayerNorms)")
+    a("--weight-decay", type=float, help="AdamW weight decay, none on biases and LayerNorms (default per task)")
     a("--clip", type=float, default=1.0, help="gradient norm clipping")
     a("--batch-size", type=int, help="examples per micro-batch per process (default per task)")
     a("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -181,7 +184,8 @@ def add_method_args(a):
     a("--method", default="gmp", choices=list(prune.METHODS), metavar="METHOD",
       help="; ".join(f"{name}: {m.help}" for name, m in prune.METHODS.items()))
     a("--num-grads", type=int, default=1024, help="oBERT: gradients in the empirical Fisher")
-    a("--fisher-batch-size", type=int, default=8, help="oBERT: examples per Fisher gradient (SparseML's recipe)")
+    a("--fisher-batch-size", type=int, help="oBERT: examples per Fisher gradient (default per task, SparseML's "
+                                            "recipes: 8 for SQuAD, 16 for GLUE)")
     a("--block-size", type=block_size_arg, help="oBERT: Fisher block size, or 'row' for whole rows (matrix-free "
                                                 "when larger than --num-grads); default 50, 32 for 4-block")
     a("--damp", type=float, default=1e-7, help="oBERT: Fisher dampening")
@@ -217,6 +221,8 @@ def add_run_args(a):
     a("--max-steps", type=int, help="cap on optimizer steps per phase (schedules scale to it)")
     a("--limit-train", type=int, help="use only the first N training examples")
     a("--limit-eval", type=int, help="use only the first N evaluation examples")
+    a("--holdout", type=int, help="also score every evaluated model on the last N examples of the training file, "
+                                  "which are then never trained on (a larger evaluation set than dev)")
     a("--log-every", type=int, default=10, help="optimizer steps between log lines")
     a("--checkpoint-every", type=int, default=500, help="optimizer steps between checkpoints")
     a("--stop-after", type=int, help="save a checkpoint and exit after this step (simulates an interruption)")
@@ -233,7 +239,7 @@ def resolve(args):
     except ValueError as e:
         raise UsageError(str(e).replace("--sparsity", "--oneshot" if args.oneshot else "--sparsity") + ".")
     defaults = {k: getattr(task, k) for k in ("model", "lr", "batch_size", "epochs", "teacher_lr", "teacher_epochs",
-                                              "warmup")}
+                                              "warmup", "weight_decay", "fisher_batch_size")}
     if args.sparsity == 0:   # plain dense fine-tuning: the teacher's recipe
         defaults.update(lr=task.teacher_lr, epochs=task.teacher_epochs)
     for key, value in defaults.items():
@@ -247,7 +253,10 @@ def resolve(args):
     check_combinations(args)
     try:       # load the weights once, fully, so that a corrupt file stops the run here
         args.model_folder = str(modeling.resolve_folder(args.model))
-        args.max_length = check_max_length(args.max_length, task, modeling.load_config(Path(args.model_folder)))
+        cfg = modeling.load_config(Path(args.model_folder))
+        args.max_length = check_max_length(args.max_length, task, cfg)
+        if args.init_sparsity is None:
+            args.init_sparsity = initial_sparsity(cfg.num_hidden_layers)
         student = load_model(args.model_folder, task, args.seed, "cpu", verbose=False)
         if args.oneshot:
             check_teacher(args.model_folder, task, "--oneshot prunes a fine-tuned model")
@@ -271,7 +280,7 @@ NUMBER_RULES = [
     ("num_grads", lambda v: v >= 1, "at least 1", 1024), ("fisher_batch_size", lambda v: v >= 1, "at least 1", 8),
     ("block_size", lambda v: v >= 1, "at least 1 (or row)", 50),
     ("max_steps", lambda v: v >= 1, "at least 1", 1000), ("limit_train", lambda v: v >= 1, "at least 1", 1000),
-    ("limit_eval", lambda v: v >= 1, "at least 1", 1000), ("stop_after", lambda v: v >= 1, "at least 1", 100),
+    ("limit_eval", lambda v: v >= 1, "at least 1", 1000), ("holdout", lambda v: v >= 1, "at least 1", 5000), ("stop_after", lambda v: v >= 1, "at least 1", 100),
     ("max_length", lambda v: v >= 16, "at least 16 (room for the special tokens and some text)", 128),
     ("epochs", lambda v: v > 0, "above 0", 3), ("teacher_epochs", lambda v: v > 0, "above 0", 3),
     ("lr", lambda v: 0 < v <= 1, "above 0 and at most 1", 8e-5),
@@ -687,13 +696,15 @@ def fisher_owners(params, names, rt) -> dict | None:
 # Evaluation, checkpoints, logs.
 
 @torch.no_grad()
-def evaluate(model, d, batch_size, rt):
-    """The task's metric on the dev set, dropout off; the model is left in the mode it came in
-    (the teacher stays in eval mode: distilling from a dropout-noisy teacher would be a bug)."""
+def evaluate(model, d, batch_size, rt, holdout=False):
+    """The task's metric on the dev set (or on the --holdout examples), dropout off; the model is left
+    in the mode it came in (the teacher stays in eval mode: distilling from a dropout-noisy teacher
+    would be a bug)."""
+    examples, features = (d.holdout_examples, d.holdout_features) if holdout else (d.eval_examples, d.eval_features)
     was_training = model.training
     model.eval()
     outputs = []
-    for batch in data.make_loader(d.eval_features, batch_size, False, 0, d.pad_id):
+    for batch in data.make_loader(features, batch_size, False, 0, d.pad_id):
         with rt.autocast():
             out = forward(model, to_device(batch, rt.device))
         if d.task.kind == "question_answering":
@@ -701,7 +712,12 @@ def evaluate(model, d, batch_size, rt):
         else:
             outputs += out.float().cpu().tolist()
     model.train(was_training)
-    return data.score(d.task, d.eval_examples, d.eval_features, outputs)
+    return data.score(d.task, examples, features, outputs)
+
+
+def holdout_metric(model, d, batch_size, rt) -> dict | None:
+    """The metric on the --holdout examples, or None without them."""
+    return evaluate(model, d, batch_size, rt, holdout=True) if d.holdout_examples else None
 
 
 def rng_state():
@@ -823,7 +839,8 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         if done in cycle_ends and rt.rank == 0:
             metric = evaluate(model, d, 2 * args.batch_size, rt)
             log(rt, f"{phase}: step {done} (end of a pruning cycle) eval {metric}")
-            log_record(rt, log_file, {"phase": phase, "step": done, "eval": metric})
+            log_record(rt, log_file, {"phase": phase, "step": done, "sparsity": round(sched.sparsity_at(step), 4),
+                                      "eval": metric})
         if done % args.checkpoint_every == 0 or done in (sched.total_steps, args.stop_after):
             save_checkpoint(out / "checkpoint.pt", model, opt, masks, done, args, rt)
             saved = done
@@ -855,7 +872,12 @@ def start_runtime(args) -> Runtime:
 def load_data(args, task, rt) -> Data:
     """Read, tokenize and encode both splits; raises DataError / CheckpointError on bad files."""
     tok = data.load_tokenizer(args.model_folder)
-    train_ex = data.load_split(task, "train", args.data_dir)[: args.limit_train]
+    train_ex = data.load_split(task, "train", args.data_dir)
+    cut = len(train_ex) - (args.holdout or 0)
+    if cut < 1:
+        raise UsageError(f"--holdout {args.holdout} leaves no training examples ({task.name} has {len(train_ex)}); "
+                         f"pass a smaller --holdout.")
+    train_ex, holdout_ex = train_ex[:cut][: args.limit_train], train_ex[cut:]
     eval_ex = data.load_split(task, "validation", args.data_dir)[: args.limit_eval]
     train_f = data.encode(task, train_ex, tok, args.max_length)
     pad = data.pad_id(tok)
@@ -864,7 +886,7 @@ def load_data(args, task, rt) -> Data:
     per_example = sum(data.feature_length(f) * (len(f["input_ids"]) if task.kind == "multiple_choice" else 1)
                       for f in train_f) / max(len(train_f), 1)
     return Data(task, train_f, loader, eval_ex, data.encode(task, eval_ex, tok, args.max_length), pad,
-                max(1, round(per_example * args.batch_size)))
+                max(1, round(per_example * args.batch_size)), holdout_ex, data.encode(task, holdout_ex, tok, args.max_length))
 
 
 def phase_steps(epochs, args, d) -> int:
@@ -886,7 +908,7 @@ def load_model(folder, task, seed, device, verbose=True):
 
 def get_teacher(args, d, rt):
     """The dense teacher: --teacher, or this folder's OUT/teacher/model, or one fine-tuned now.
-    Returns (teacher, its dev metric), or (None, None) if --stop-after stopped its training."""
+    Returns (teacher, its scores for results.json), or (None, None) if --stop-after stopped its training."""
     folder = Path(args.teacher) if args.teacher else Path(args.out_dir) / "teacher" / "model"
     if not args.teacher and not (folder / "config.json").is_file():
         log(rt, "training the dense teacher first")
@@ -896,16 +918,19 @@ def get_teacher(args, d, rt):
         if fit("teacher", t, None, d, sched, args, rt).stopped:
             return None, None
         if rt.rank == 0:
-            t.save_pretrained(folder)
+            save_model(t, args.model_folder, folder)
         if rt.distributed:
             torch.distributed.barrier()
         del t
     teacher = load_model(folder, d.task, args.seed, rt.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    metric = evaluate(teacher, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
-    log(rt, f"teacher {folder}: {metric}")
-    return teacher, metric
+    scores = {"teacher_metric": None}
+    if rt.rank == 0:
+        scores = {"teacher_metric": evaluate(teacher, d, 2 * args.batch_size, rt),
+                  "teacher_holdout_metric": holdout_metric(teacher, d, 2 * args.batch_size, rt)}
+    log(rt, f"teacher {folder}: {scores['teacher_metric']}")
+    return teacher, scores
 
 
 def peak_memory_bytes(device) -> int:
@@ -935,7 +960,7 @@ def masks_equal_across_ranks(masks, device) -> bool:
     return all(torch.equal(everyone[0], f) for f in everyone)
 
 
-def export(student, fitted, teacher_metric, d, args, rt, start):
+def export(student, fitted, teacher_scores, d, args, rt, start):
     """Rank 0: evaluate; OUT/model (with the tokenizer files), results.json, sparsity_report.txt."""
     same_masks = masks_equal_across_ranks(fitted.masks, rt.device) if rt.distributed else None
     if rt.rank != 0:
@@ -947,7 +972,8 @@ def export(student, fitted, teacher_metric, d, args, rt, start):
     metric = evaluate(student, d, 2 * args.batch_size, rt)
     save_model(student, args.model_folder, out / "model")
     report = prune.sparsity_report(student, fitted.masks)
-    results = {"task": args.task, "metric": metric, "teacher_metric": teacher_metric,
+    results = {"task": args.task, "metric": metric, "holdout_metric": holdout_metric(student, d, 2 * args.batch_size, rt),
+               **teacher_scores,
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
                "tokens_per_s": round(fitted.tokens_per_s, 1), "student_seconds": round(fitted.seconds, 1),
                "wall_time_s": round(time.time() - start, 1),
@@ -989,9 +1015,9 @@ def main(argv=None):
         return finish(rt)
     try:
         # a) the dense teacher, fine-tuned here unless given
-        teacher, teacher_metric = None, None
+        teacher, teacher_scores = None, {"teacher_metric": None}
         if args.kd:
-            teacher, teacher_metric = get_teacher(args, d, rt)
+            teacher, teacher_scores = get_teacher(args, d, rt)
             if teacher is None:                          # --stop-after, while training the teacher
                 return finish(rt)
         # b) the student, pruned gradually while it learns (from the teacher)
@@ -999,7 +1025,7 @@ def main(argv=None):
         fitted = fit("student", student, teacher, d, sched, args, rt)
         # c) evaluate and export
         if not fitted.stopped:
-            export(student, fitted, teacher_metric, d, args, rt, start)
+            export(student, fitted, teacher_scores, d, args, rt, start)
     except NonFinite as e:
         if rt.rank == 0:
             print(f"train.py: {e}.", file=sys.stderr)
@@ -1018,6 +1044,7 @@ def oneshot(args, d, rt):
     dense = load_model(args.model_folder, d.task, args.seed, rt.device).eval()
     metric = evaluate(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
     rows = [{"sparsity": 0.0, "encoder_sparsity": prune.sparsity_by_component(dense)["encoder"], "metric": metric,
+             "holdout_metric": holdout_metric(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None,
              "seconds": 0.0}]
     fisher, fisher_seconds = None, 0.0
     if prune.METHODS[args.method].needs_fisher and args.recomputations == 1:
@@ -1035,7 +1062,8 @@ def oneshot(args, d, rt):
         seconds = time.time() - t0
         if rt.rank == 0:
             rows.append({"sparsity": s, "encoder_sparsity": prune.sparsity_by_component(model)["encoder"],
-                         "metric": evaluate(model, d, 2 * args.batch_size, rt), "seconds": round(seconds, 1)})
+                         "metric": evaluate(model, d, 2 * args.batch_size, rt),
+                         "holdout_metric": holdout_metric(model, d, 2 * args.batch_size, rt), "seconds": round(seconds, 1)})
             log(rt, f"one-shot {s:g}: {rows[-1]['metric']} ({seconds:.0f} s)")
             if args.export:
                 save_model(model, args.model_folder, out / f"oneshot-{s:g}")

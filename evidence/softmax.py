@@ -10,7 +10,7 @@ Writes one small JSON file: for the first --examples dev sentences their text, l
 p_T for each T, and over the whole dev set the mean probability of the teacher's top class and
 the mean entropy at each T. evidence/figures.py draws it; evidence/runs.py runs this.
 
-    python evidence/softmax.py --model runs/evidence/teacher-s0/model --data-dir ../shared/data --out F.json
+    python evidence/softmax.py --model runs/evidence/teacher-s0/model [--data-dir ../shared/data] --out F.json
 """
 import argparse
 import json
@@ -43,7 +43,7 @@ def dev_logits(folder: str, data_dir: str, task_name: str) -> tuple[list[dict], 
 def main():
     p = argparse.ArgumentParser(description="The teacher's softmax at several temperatures on real dev data.")
     p.add_argument("--model", required=True, help="the fine-tuned teacher's folder")
-    p.add_argument("--data-dir", required=True, help="folder with the task's released files")
+    p.add_argument("--data-dir", help="folder with the task's released files (default: the Hugging Face hub)")
     p.add_argument("--task", default="sst2", help="the task (default sst2)")
     p.add_argument("--examples", type=int, default=6, help="dev examples to keep whole (default 6)")
     p.add_argument("--out", required=True, help="the JSON file to write")

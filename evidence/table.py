@@ -271,7 +271,7 @@ def compute_table(res: dict) -> str:
 
 def render(folder: Path = RESULTS) -> dict[str, str]:
     """{table name: markdown} for every table the README carries."""
-    res = load(folder)
+    res = load(folder / "v1" if (folder / "v1").is_dir() else folder)
     out = {"cost-bert-base": cost_table("bert-base-uncased"), "cost-roberta-large": cost_table("roberta-large"),
            "sst2": sst2_table(res), "guidelines": guidelines_table(res), "oneshot": oneshot_table(res),
            "wall": wall_table(res), "softmax": softmax_table(res), "compute": compute_table(res)}

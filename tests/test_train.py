@@ -259,5 +259,38 @@ def test_a_pruning_step_that_asks_for_nothing_new_is_skipped(tmp_path, tiny_bert
     calls = []
     event = train.pruning_event
     monkeypatch.setattr(train, "pruning_event", lambda *a: calls.append(a[1]) or event(*a))
-    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd"))   # s_i = min(0.7, 0.5)
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--no-kd", "--init-sparsity", "0.7"))
+    # s_i = min(0.7, 0.5): the first pruning step reaches the target, the six after it ask for nothing new
     assert calls == [0.5]
+
+
+def test_task_records_give_the_recipes_defaults(tiny_bert_with_vocab, tmp_path):
+    """SparseML's GLUE recipes: lr 5e-5, Fisher gradients of 16, no weight decay; SQuAD's: 8e-5, 8;
+    SMC-Bench's RoBERTa tasks keep fairseq's weight decay 0.01. s_i by depth: the tiny model has 2 layers."""
+    def resolved(task, *extra):
+        return train.resolve(train.parse_args(["--task", task, "--model", str(tiny_bert_with_vocab), "--data-dir",
+                                               str(FIX), "--out-dir", str(tmp_path / task), *extra]))
+    for task, lr, fisher_batch, decay in (("mnli", 5e-5, 16, 0.0), ("sst2", 5e-5, 16, 0.0), ("qqp", 5e-5, 16, 0.0),
+                                          ("squad", 8e-5, 8, 0.0), ("csqa", 1e-5, 8, 0.01)):
+        a = resolved(task)
+        assert (a.lr, a.lr_min, a.fisher_batch_size, a.weight_decay) == pytest.approx((lr, lr / 10, fisher_batch, decay))
+        assert a.init_sparsity == 0.3
+    a = resolved("sst2", "--weight-decay", "0.1", "--fisher-batch-size", "4", "--init-sparsity", "0.5")
+    assert (a.weight_decay, a.fisher_batch_size, a.init_sparsity) == (0.1, 4, 0.5)
+
+
+def test_holdout_is_scored_and_never_trained_on(tmp_path, tiny_bert_with_vocab, monkeypatch):
+    """--holdout N: the training file's last N examples are left out of training and scored beside dev."""
+    import data
+    seen = []
+    load_data = train.load_data
+    monkeypatch.setattr(train, "load_data", lambda *a: (lambda d: seen.append(d) or d)(load_data(*a)))
+    train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--holdout", "2", "--epochs", "30"))
+    every = data.load_split(data.TASKS["csqa"], "train", FIX)
+    d = seen[0]
+    assert len(d.train) == len(every) - 2 and [e["id"] for e in d.holdout_examples] == [e["id"] for e in every[-2:]]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert "accuracy" in res["holdout_metric"] and "accuracy" in res["teacher_holdout_metric"]
+    evals = [json.loads(l) for l in (tmp_path / "student" / "log.jsonl").read_text().splitlines() if "eval" in l]
+    sparsities = [e["sparsity"] for e in evals]     # each cycle's, at its end: the dense phase first, then rising
+    assert sparsities[0] == 0.0 and sparsities == sorted(sparsities) and 0.3 <= sparsities[1] < 0.5
