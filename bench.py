@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import model as modeling
+import obert
 import prune
 
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -280,13 +281,13 @@ def fisher_costs(folder, data_dir, num_grads, device_name):
     d, B, damp = sum(params[n].numel() for n in names), 50, 1e-7
     kept = {n: [] for n in ("layers.0.query.weight", "layers.5.attn_out.weight")}    # for float32 vs float64
     row_name, row_m = "layers.0.output.weight", min(256, num_grads)                  # B = 1536 > m: matrix-free
-    row = prune.EmpiricalFisher({row_name: params[row_name].shape}, "row", row_m, damp, device=device)
+    row = obert.EmpiricalFisher({row_name: params[row_name].shape}, "row", row_m, damp, device=device)
     row.store[row_name].zero_()                                     # resident before the baseline is read
     batches = itertools.chain.from_iterable(itertools.repeat(sst2_loader(folder, data_dir, 8)))
     batch = {k: v.to(device) for k, v in next(batches).items()}     # a warm-up backward: gradients resident
     F.cross_entropy(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"]).backward()
     rss0 = rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
-    fisher = prune.EmpiricalFisher({n: params[n].shape for n in names}, B, num_grads, damp, device=device)
+    fisher = obert.EmpiricalFisher({n: params[n].shape for n in names}, B, num_grads, damp, device=device)
     t_fb = t_add = t_row = 0.0
     held = None
     for i in range(num_grads):
@@ -317,11 +318,11 @@ def fisher_costs(folder, data_dir, num_grads, device_name):
     errors = {}
     for n, grads in kept.items():
         G = torch.stack(grads)
-        exact = prune.fisher_inverse_blocks_cholesky(G.double(), B, damp)
+        exact = obert.fisher_inverse_blocks_cholesky(G.double(), B, damp)
         w = params[n].detach().cpu().double()
-        for label, finv in (("ours", finvs[n].cpu().double()), ("sherman-morrison", prune.fisher_inverse_blocks(G, B, damp).double())):
-            diag = ((prune.inverse_diag(finv) - prune.inverse_diag(exact)).abs() / prune.inverse_diag(exact)).max()
-            s, s_ref = prune.obert_scores(w, finv)[masks[n].cpu()], prune.obert_scores(w, exact)[masks[n].cpu()]
+        for label, finv in (("ours", finvs[n].cpu().double()), ("sherman-morrison", obert.fisher_inverse_blocks(G, B, damp).double())):
+            diag = ((obert.inverse_diag(finv) - obert.inverse_diag(exact)).abs() / obert.inverse_diag(exact)).max()
+            s, s_ref = obert.obert_scores(w, finv)[masks[n].cpu()], obert.obert_scores(w, exact)[masks[n].cpu()]
             score = ((s - s_ref).abs() / s_ref.clamp_min(1e-30)).max()
             errors[label] = (max(errors.get(label, (0, 0))[0], float(diag)), max(errors.get(label, (0, 0))[1], float(score)))
     t0 = time.perf_counter()
@@ -329,8 +330,8 @@ def fisher_costs(folder, data_dir, num_grads, device_name):
     sync(device)
     t_prune = time.perf_counter() - t0
     del finvs, fisher
-    sm = {n: prune.init_fisher_inverse(params[n].numel(), B, damp, device) for n in names}
-    t_sm = timed(lambda: [prune.add_gradient(sm[n], params[n].grad, num_grads) for n in names], device, 2)
+    sm = {n: obert.init_fisher_inverse(params[n].numel(), B, damp, device) for n in names}
+    t_sm = timed(lambda: [obert.add_gradient(sm[n], params[n].grad, num_grads) for n in names], device, 2)
     del sm
     t0 = time.perf_counter()
     free = row.inverses()[row_name]
@@ -345,7 +346,7 @@ def sharded_worker(rank, world, init, shapes, out):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     owners = prune.shard_by_size({n: math.prod(s) for n, s in shapes.items()}, world)
     rss0 = rss_bytes()
-    fisher = prune.EmpiricalFisher(shapes, 50, 1024, 1e-7, owners)
+    fisher = obert.EmpiricalFisher(shapes, 50, 1024, 1e-7, owners)
     for t in list(fisher.store.values()) + list(fisher.buffer.values()):
         t.fill_(1.0)                                             # touch every page, as accumulating does
     torch.save(rss_bytes() - rss0, f"{out}.{rank}")

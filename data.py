@@ -22,6 +22,7 @@ classification {"id", "first", "second" (or None), "label"}; span QA {"id", "que
 """
 import collections
 import csv
+import hashlib
 import json
 import os
 import re
@@ -73,6 +74,12 @@ class Task:
     def num_labels(self) -> int:
         return len(self.labels)
 
+    @property
+    def head_labels(self) -> int | None:
+        """model.py's num_labels for this task's head: the class count for classification, else None
+        (multiple choice scores each choice with one output; span QA has its start and end)."""
+        return self.num_labels if self.kind == "classification" else None
+
 
 # -----------------------------------------------------------------------------
 # Reading records from files (released formats and Hugging Face exports) or the hub.
@@ -98,10 +105,10 @@ def parse_records(path: Path) -> list[tuple[str, object]]:
         import pyarrow.parquet as pq
         return [(f"{path}:record {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
     if path.suffix == ".tsv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:      # -sig: a byte-order mark is not a column
             rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
         return [(f"{path}:line {i + 2}", r) for i, r in enumerate(rows)]
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         whole = json.loads(text)            # one JSON document: SQuAD's release, or a JSON array
         if isinstance(whole, dict) and "data" in whole:
@@ -149,6 +156,11 @@ def parse_csqa(rec, where, task=None):
         stem, choices = q, required(rec, "choices", where, dict)
         labels, texts = required(choices, "label", where), required(choices, "text", where)
     key = required(rec, "answerKey", where)
+    if task is not None and len(labels) != task.num_labels:   # else the choices would shift between questions
+        raise DataError(f"{where}: {len(labels)} choices, but every {task.name} question has {task.num_labels}; "
+                        f"fix or drop the record.")
+    if len(set(labels)) != len(labels):
+        raise DataError(f"{where}: the choice labels {labels} repeat; each choice needs its own label.")
     if key not in labels:
         raise DataError(f"{where}: answerKey {key!r} is not one of the choices {labels}.")
     return {"id": rec.get("id", where), "first": [stem] * len(texts), "second": list(texts), "label": labels.index(key)}
@@ -173,6 +185,9 @@ def parse_squad(rec, where, task=None):
     answers = required(rec, "answers", where, dict)
     texts, starts = required(answers, "text", where, list), required(answers, "answer_start", where, list)
     context = required(rec, "context", where, str)
+    if not texts or len(texts) != len(starts):
+        raise DataError(f"{where}: no answer (or a start for each answer is missing): SQuAD v2's unanswerable "
+                        f"questions are not SQuAD v1.1, which this task is; drop such records.")
     for t, s in zip(texts, starts):
         if context[s:s + len(t)] != t:
             raise DataError(f"{where}: answer {t!r} is not at answer_start {s} of the context.")
@@ -233,11 +248,16 @@ TASKS = {t.name: t for t in [
 ]}
 
 
+def split_names(task: Task, split: str) -> list[str]:
+    """The file names a split may have: the release's, then Hugging Face exports named after the
+    split (train; validation, or the hub's split name, or dev). Never another split's."""
+    stems = ("train",) if split == "train" else dict.fromkeys(("validation", task.hub_splits[split], "dev"))
+    return [task.files[split]] + [f"{s}.{ext}" for s in stems for ext in ("jsonl", "json", "parquet")]
+
+
 def find_file(task: Task, split: str, data_dir: Path) -> Path:
     folder = data_dir / task.name if (data_dir / task.name).is_dir() else data_dir
-    hub_split = task.hub_splits[split]
-    names = [task.files[split]] + [f"{s}.{ext}" for s in dict.fromkeys((split, hub_split, "dev"))
-                                   for ext in ("jsonl", "json", "parquet")]
+    names = split_names(task, split)
     for name in names:
         if (folder / name).is_file():
             return folder / name
@@ -265,9 +285,23 @@ def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
             raise DataError(f"could not load {task.hub[0]} from the Hugging Face hub ({type(e).__name__}); "
                             f"download the released files and pass --data-dir.") from None
         records = [(f"{task.hub[0]}[{split}] record {i + 1}", r) for i, r in enumerate(ds)]
+    source = path if data_dir is not None else f"{task.hub[0]}[{split}]"
     if not records:
-        raise DataError(f"{task.name} {split} has no records; check the file.")
-    return [parse(r, where, task) for where, r in records]
+        raise DataError(f"{source} has no records; check the {task.name} {split} file.")
+    examples = [parse(r, where, task) for where, r in records]
+    seen = {}
+    for (where, _), e in zip(records, examples):     # SQuAD's metric is per id: a repeated id would merge answers
+        if e["id"] in seen:
+            raise DataError(f"{where}: id {e['id']!r} repeats {seen[e['id']]}'s; every example needs its own id.")
+        seen[e["id"]] = where
+    return examples
+
+
+def fingerprint(*splits: list) -> str:
+    """SHA-256 (16 hex digits) of the examples themselves: the same for the same data, whatever the
+    files' names or format; train.py records it so that --resume refuses changed data."""
+    text = json.dumps(splits, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # -----------------------------------------------------------------------------
@@ -276,9 +310,19 @@ def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
 def load_tokenizer(model_folder_or_hub_id):
     """tokenizer.json if present; else WordPiece from vocab.txt; else byte-level BPE from
     vocab.json + merges.txt with RoBERTa's <s> A </s></s> B </s>. No padding or truncation."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from model import resolve_folder
     folder = resolve_folder(model_folder_or_hub_id)
+    try:
+        return read_tokenizer(folder)
+    except DataError:
+        raise
+    except Exception as e:          # a truncated tokenizer.json, a vocab.txt that is not UTF-8, ...
+        raise DataError(f"{folder}'s tokenizer files cannot be read ({type(e).__name__}: {str(e)[:80]}); "
+                        f"re-download or re-save the model.") from None
+
+
+def read_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     cfg_path = folder / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
     if (folder / "tokenizer.json").is_file():
@@ -345,8 +389,12 @@ def encode(task: Task, examples: list[dict], tok, max_length=None, stride=128) -
 
 def encode_squad(examples, tok, max_length, stride):
     """Overlapping windows over the context: max_length tokens, `stride` tokens shared by neighbours."""
-    tok.enable_truncation(max_length, stride=stride, strategy="only_second")
+    if max_length - 3 <= stride:       # a window holds [CLS] q [SEP] c [SEP]: more than `stride` tokens of c
+        raise DataError(f"--max-length {max_length} is too short for SQuAD's windows, which share {stride} context "
+                        f"tokens and also hold the question; pass --max-length {2 * stride} or more (the recipe's "
+                        f"is 384).")
     try:
+        tok.enable_truncation(max_length, stride=stride, strategy="only_second")
         encs = tok.encode_batch([(e["question"].lstrip(), e["context"]) for e in examples])
     except Exception as e:   # a question too long to leave room for `stride` context tokens
         raise DataError(f"a question is too long for windows of {max_length} tokens with a stride of {stride} "

@@ -85,10 +85,47 @@ def load_config(folder: Path) -> Config:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); re-download or re-save the model.")
-    if d.get("model_type") not in ("bert", "roberta"):
-        raise CheckpointError(f"{path} has model_type {d.get('model_type')!r}; prune-lm supports only "
+    if not isinstance(d, dict) or d.get("model_type") not in ("bert", "roberta"):
+        kind = d.get("model_type") if isinstance(d, dict) else None
+        raise CheckpointError(f"{path} has model_type {kind!r}; prune-lm supports only "
                               f"'bert' and 'roberta' checkpoints.")
-    return Config.from_dict(d)
+    cfg = Config.from_dict(d)
+    check_config(cfg, path)
+    return cfg
+
+
+# field -> (what it must be, test): every field the network's shapes and math read
+CONFIG_RULES = {
+    **{k: ("a whole number of at least 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+       for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size")},
+    "pad_token_id": ("a whole number, 0 or more", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    **{k: ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)
+       for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")},
+    "layer_norm_eps": ("a number above 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+    "initializer_range": ("a number above 0", lambda v: isinstance(v, (int, float)) and v > 0),
+    "classifier_dropout": ("null or a number in [0, 1)", lambda v: v is None or (isinstance(v, (int, float))
+                                                                                and not isinstance(v, bool) and 0 <= v < 1)),
+    "model_type": ("bert or roberta", lambda v: v in ("bert", "roberta")),
+    "hidden_act": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def check_config(cfg: Config, path):
+    """Every field the model reads, checked before any tensor is built: one sentence naming it."""
+    for name, (what, ok) in CONFIG_RULES.items():
+        if not ok(getattr(cfg, name)):
+            raise CheckpointError(f"{path}: {name} is {getattr(cfg, name)!r}, but it must be {what}; fix config.json "
+                                  f"or re-download the model.")
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise CheckpointError(f"{path}: hidden_size {cfg.hidden_size} is not divisible by num_attention_heads "
+                              f"{cfg.num_attention_heads}; fix config.json or re-download the model.")
+    if cfg.hidden_act not in ACTIVATIONS:
+        raise CheckpointError(f"{path}: hidden_act {cfg.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}; "
+                              f"fix config.json or re-download the model.")
+    if cfg.pad_token_id >= cfg.vocab_size:
+        raise CheckpointError(f"{path}: pad_token_id {cfg.pad_token_id} is outside the vocabulary of "
+                              f"{cfg.vocab_size}; fix config.json or re-download the model.")
 
 
 # -----------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_parquet_export(tmp_path):
 
 
 @pytest.mark.parametrize("task, name, content, message", [
-    ("csqa", "dev_rand_split.jsonl", '{"id": "x", "answerKey": "F", "question": {"stem": "s", "choices": [{"label": "A", "text": "t"}]}}\n',
+    ("csqa", "dev_rand_split.jsonl", '{"id": "x", "answerKey": "F", "question": {"stem": "s", "choices": [{"label": "A", "text": "t"}, {"label": "B", "text": "t"}, {"label": "C", "text": "t"}, {"label": "D", "text": "t"}, {"label": "E", "text": "t"}]}}\n',
      "line 1: answerKey 'F' is not one of the choices"),
     ("csqa", "dev_rand_split.jsonl", '{"id": "x", "question": {"stem": "s", "choices": []}}\n', "line 1: missing field 'answerKey'"),
     ("csqa", "dev_rand_split.jsonl", '{"id": "x"\n', "line 1 is not valid JSON"),

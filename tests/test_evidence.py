@@ -132,7 +132,7 @@ def test_every_results_file_names_its_command_commit_seed_and_machine():
 
 
 def test_every_run_is_a_valid_command_with_its_inputs_made_before_it():
-    import train
+    import cli
     runs = load_module("runs")
     rows = runs.rows("/M")
     names = [name for name, _ in rows]
@@ -140,7 +140,7 @@ def test_every_run_is_a_valid_command_with_its_inputs_made_before_it():
     for i, (name, cmd) in enumerate(rows):
         if cmd[1] != "train.py":
             continue
-        args = train.parse_args(cmd[2:])                     # every flag exists and parses
+        args = cli.parse_args(cmd[2:])                     # every flag exists and parses
         assert args.out_dir == f"runs/evidence/{name}" and args.seed == int(name[-1])
         for source in (args.teacher, args.model):            # a teacher or CrAM model: made by an earlier run
             if source and source.startswith("runs/evidence/"):

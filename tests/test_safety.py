@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import cli
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,7 +325,7 @@ def test_block_size_zero_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
 
 
 def test_a_fisher_too_large_for_this_machine_is_refused_up_front(tmp_path, tiny_bert_with_vocab, capsys, monkeypatch):
-    monkeypatch.setattr(train, "available_memory_bytes", lambda: 1000)
+    monkeypatch.setattr(cli, "available_memory_bytes", lambda: 1000)
     line = refused(base_args(tiny_bert_with_vocab, tmp_path / "o", "--method", "obert"), capsys)
     assert "oBERT's Fisher needs about" in line and not (tmp_path / "o").exists()
 

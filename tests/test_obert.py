@@ -1,12 +1,13 @@
-"""oBERT's inverse Fisher at the paper's settings: every form against the exact inverse, the
-matrix-free form against the dense one and brute-force OBS, the sharded step against one process,
-and train.py's sampling (dropout off, masked, batches of --fisher-batch-size)."""
-import os
+"""obert.py against exact references: the scores and updates against brute-force OBS (Lagrange)
+and the loss of a quadratic; every form of the inverse Fisher against linalg.inv, the matrix-free
+form against the dense one; the sharded step against one process; and train.py's sampling
+(dropout off, masked, batches of --fisher-batch-size)."""
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+import obert as O
 import prune as P
 
 f64 = torch.float64
@@ -27,14 +28,14 @@ def gradients(m, d, dead=(), seed=0):
 
 
 def dense(finv):
-    if isinstance(finv, P.MatrixFree):
+    if isinstance(finv, O.MatrixFree):
         return (torch.eye(finv.W.shape[2], dtype=f64) - finv.W.transpose(1, 2) @ finv.W) / finv.damp
     return finv
 
 
 FORMS = {  # name -> grads (m, d), B, damp -> F^-1 blocks
-    "sherman-morrison": lambda g, B, damp: P.fisher_inverse_blocks(g, B, damp),
-    "accumulate": lambda g, B, damp: P.fisher_inverse_blocks_cholesky(g, B, damp),
+    "sherman-morrison": lambda g, B, damp: O.fisher_inverse_blocks(g, B, damp),
+    "accumulate": lambda g, B, damp: O.fisher_inverse_blocks_cholesky(g, B, damp),
 }
 
 
@@ -52,26 +53,26 @@ def test_float32_inverse_is_right_where_blocks_are_numerically_singular(m):
     """λ = 1e-7 beside gradients of 1e-3, dead rows (λI only), and m < B (rank-deficient blocks)."""
     grads = gradients(m, 500, dead=(0, 7, 49, 123), seed=5) * 1e-3
     want = exact_inverse(grads, 50, 1e-7)
-    got = P.fisher_inverse_blocks_cholesky(grads.float(), 50, 1e-7).double()
+    got = O.fisher_inverse_blocks_cholesky(grads.float(), 50, 1e-7).double()
     assert (got - want).abs().max() <= 1e-6 * want.abs().max()
-    assert torch.allclose(P.inverse_diag(got), P.inverse_diag(want), rtol=2e-6)
-    dead = P.inverse_diag(got)[0, [0, 7, 49]]
+    assert torch.allclose(O.inverse_diag(got), O.inverse_diag(want), rtol=2e-6)
+    dead = O.inverse_diag(got)[0, [0, 7, 49]]
     assert torch.allclose(dead, torch.full_like(dead, 1e7), rtol=2.4e-7, atol=0)  # 1 / λ, to 2 float32 ulps
 
 
 @pytest.mark.parametrize("m, d, B", [(12, 40, 8), (5, 48, 16), (3, 24, 24)])
 def test_streaming_add_gradient_equals_accumulate(m, d, B):
     grads = gradients(m, d, dead=(1,), seed=2)
-    finv = P.init_fisher_inverse(d, B, 1e-3, dtype=f64)
+    finv = O.init_fisher_inverse(d, B, 1e-3, dtype=f64)
     for g in grads:
-        P.add_gradient(finv, g, m)
-    assert torch.allclose(finv, dense(P.fisher_inverse_blocks_cholesky(grads, B, 1e-3)), rtol=1e-9, atol=1e-7)
+        O.add_gradient(finv, g, m)
+    assert torch.allclose(finv, dense(O.fisher_inverse_blocks_cholesky(grads, B, 1e-3)), rtol=1e-9, atol=1e-7)
 
 
 def matrix_free_and_dense(m, shape, seed=0, damp=1e-2):
     d = shape[0] * shape[1]
     grads = gradients(m, d, dead=(2, 5), seed=seed)
-    fisher = P.EmpiricalFisher({"w": shape}, "row", m, damp, dtype=f64)
+    fisher = O.EmpiricalFisher({"w": shape}, "row", m, damp, dtype=f64)
     for g in grads:
         fisher.add({"w": g})
     free = fisher.inverses()["w"]
@@ -79,22 +80,22 @@ def matrix_free_and_dense(m, shape, seed=0, damp=1e-2):
 
 
 def test_block_size_picks_the_smaller_form():
-    f = P.EmpiricalFisher({"a": (4, 32), "b": (4, 8)}, "row", 16, 1e-2)
+    f = O.EmpiricalFisher({"a": (4, 32), "b": (4, 8)}, "row", 16, 1e-2)
     assert f.store["a"].shape == (4, 16, 32) and f.store["b"].shape == (4, 8, 8)   # G (nb, m, B) vs (nb, B, B)
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "4-block"])
 def test_matrix_free_scores_and_updates_equal_the_dense_form(pattern):
     grads, free, exact = matrix_free_and_dense(6, (5, 16))        # B = 16 > m = 6
-    assert isinstance(free, P.MatrixFree) and free.W.shape == (5, 6, 16)
+    assert isinstance(free, O.MatrixFree) and free.W.shape == (5, 6, 16)
     w = torch.randn(5, 16, generator=torch.Generator().manual_seed(4), dtype=f64)
-    assert torch.allclose(P.obert_scores(w, free, pattern), P.obert_scores(w, exact, pattern), rtol=1e-9)
+    assert torch.allclose(O.obert_scores(w, free, pattern), O.obert_scores(w, exact, pattern), rtol=1e-9)
     pruned = torch.zeros(5, 16, dtype=torch.bool)
     pruned[:, 4:8] = True
     pruned[2, :4] = True
     a, b = w.clone(), w.clone()
-    P.obert_update(a, free, pruned, pattern)
-    P.obert_update(b, exact, pruned, pattern)
+    O.obert_update(a, free, pruned, pattern)
+    O.obert_update(b, exact, pruned, pattern)
     assert torch.allclose(a, b, rtol=1e-9, atol=1e-9) and (a[pruned] == 0).all()
 
 
@@ -103,7 +104,7 @@ def test_matrix_free_score_and_update_equal_brute_force_obs():
     grads, free, _ = matrix_free_and_dense(5, (1, 12), seed=7)
     F = 1e-2 * torch.eye(12, dtype=f64) + grads.T @ grads / 5
     w = torch.randn(1, 12, generator=torch.Generator().manual_seed(8), dtype=f64)
-    scores = P.obert_scores(w, free).flatten()
+    scores = O.obert_scores(w, free).flatten()
     for j in (0, 4, 11):
         K = torch.zeros(13, 13, dtype=f64)
         K[:12, :12], K[:12, 12], K[12, :12] = F, torch.eye(12, dtype=f64)[j], torch.eye(12, dtype=f64)[j]
@@ -114,19 +115,148 @@ def test_matrix_free_score_and_update_equal_brute_force_obs():
         got = w.clone()
         pruned = torch.zeros(1, 12, dtype=torch.bool)
         pruned[0, j] = True
-        P.obert_update(got, free, pruned)
+        O.obert_update(got, free, pruned)
         want = w[0] + dw
         want[j] = 0.0
         assert torch.allclose(got[0], want, atol=1e-9)
 
 
 def test_chunked_accumulation_is_sized_from_the_block_and_freed_before_inverting():
-    f = P.EmpiricalFisher({"w": (10, 50)}, 50, 1024, 1e-7)
+    f = O.EmpiricalFisher({"w": (10, 50)}, 50, 1024, 1e-7)
     assert f.buffer["w"].shape == (10, 12, 50)                  # B/4 gradients a chunk
     for _ in range(30):
         f.add({"w": torch.randn(10, 50)})
     f.inverses()
     assert not f.buffer
+
+
+# -- the OBS scores and updates against brute force ----------------------------------------------
+
+def random_grads(m, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, d, generator=g, dtype=f64)
+
+
+def exact_block_fisher(grads, B, damp):
+    """damp*I + (1/m) G^T G per diagonal block (zero-padded), formed explicitly."""
+    m, d = grads.shape
+    pad = (-d) % B
+    G = torch.nn.functional.pad(grads, (0, pad)).view(m, -1, B)            # (m, nb, B)
+    return damp * torch.eye(B, dtype=f64) + torch.einsum("mbi,mbj->bij", G, G) / m
+
+
+@pytest.mark.parametrize("d, B", [(40, 8), (37, 10), (24, 24)])
+def test_woodbury_equals_exact_inverse(d, B):
+    grads = random_grads(16, d)
+    want = torch.linalg.inv(exact_block_fisher(grads, B, 1e-2))
+    got = O.fisher_inverse_blocks(grads, B, 1e-2)
+    assert got.shape == (-(-d // B), B, B)
+    assert torch.allclose(got, want, rtol=1e-8, atol=1e-8)
+    chol = O.fisher_inverse_blocks_cholesky(grads, B, 1e-2)
+    assert torch.allclose(chol, want, rtol=1e-8, atol=1e-8)
+
+
+def test_woodbury_streamed_one_gradient_at_a_time_equals_batch():
+    grads = random_grads(8, 30)
+    finv = O.init_fisher_inverse(30, 10, 1e-3, dtype=f64)
+    for g in grads:
+        O.add_gradient(finv, g, num_grads=8)
+    assert torch.allclose(finv, O.fisher_inverse_blocks(grads, 10, 1e-3))
+
+
+def test_unstructured_score_and_update_equal_brute_force_obs():
+    """One block covering the whole weight, so F^-1 is the exact inverse of the full Fisher."""
+    d = 12
+    w = torch.randn(3, 4, dtype=f64)
+    F = exact_block_fisher(random_grads(20, d), d, 1e-2)[0]
+    Finv = torch.linalg.inv(F)
+    finv = O.fisher_inverse_blocks(random_grads(20, d), d, 1e-2)
+    scores = O.obert_scores(w, finv).flatten()
+    wf = w.flatten()
+    for j in range(d):
+        # brute force: minimise 0.5 dw^T F dw subject to (w + dw)_j = 0, by Lagrange / a linear solve
+        K = torch.zeros(d + 1, d + 1, dtype=f64)
+        K[:d, :d], K[:d, d], K[d, :d] = F, torch.eye(d, dtype=f64)[j], torch.eye(d, dtype=f64)[j]
+        rhs = torch.zeros(d + 1, dtype=f64); rhs[d] = -wf[j]
+        dw = torch.linalg.solve(K, rhs)[:d]
+        assert scores[j].item() == pytest.approx((0.5 * dw @ F @ dw).item(), rel=1e-7)
+        upd = w.clone()
+        pruned = torch.zeros(d, dtype=torch.bool); pruned[j] = True
+        O.obert_update(upd, finv, pruned.view(3, 4))
+        want = wf + dw
+        want[j] = 0.0
+        assert torch.allclose(upd.flatten(), want, atol=1e-8)
+    assert torch.allclose(Finv, finv[0], rtol=1e-8)
+
+
+def test_block4_score_and_update_equal_brute_force_group_obs():
+    d = 16
+    w = torch.randn(2, 8, dtype=f64)
+    grads = random_grads(30, d, seed=3)
+    F = exact_block_fisher(grads, d, 1e-2)[0]
+    finv = O.fisher_inverse_blocks(grads, d, 1e-2)
+    scores = O.obert_scores(w, finv, "4-block").flatten()
+    wf = w.flatten()
+    for q in range(d // 4):
+        Q = list(range(4 * q, 4 * q + 4))
+        # brute force: minimise 0.5 dw^T F dw subject to (w + dw)_Q = 0
+        E = torch.eye(d, dtype=f64)[Q]                                      # (4, d)
+        K = torch.zeros(d + 4, d + 4, dtype=f64)
+        K[:d, :d], K[:d, d:], K[d:, :d] = F, E.T, E
+        rhs = torch.zeros(d + 4, dtype=f64); rhs[d:] = -wf[Q]
+        dw = torch.linalg.solve(K, rhs)[:d]
+        assert torch.allclose(scores[Q], (0.5 * dw @ F @ dw).expand(4), rtol=1e-7)
+        upd = w.clone()
+        pruned = torch.zeros(d, dtype=torch.bool); pruned[Q] = True
+        O.obert_update(upd, finv, pruned.view(2, 8), "4-block")
+        want = wf + dw
+        want[Q] = 0.0
+        assert torch.allclose(upd.flatten(), want, atol=1e-8)
+
+
+def test_quadratic_loss_increase_equals_predicted_score():
+    """L(v) = 0.5 (v - w)^T F (v - w) is minimal at w; pruning j and applying the update costs score_j."""
+    d = 10
+    w = torch.randn(d, dtype=f64)
+    grads = random_grads(25, d, seed=5)
+    F = exact_block_fisher(grads, d, 1e-3)[0]
+    finv = O.fisher_inverse_blocks(grads, d, 1e-3)
+    loss = lambda v: 0.5 * (v - w) @ F @ (v - w)
+    scores = O.obert_scores(w, finv)
+    for j in range(d):
+        v = w.clone()
+        pruned = torch.zeros(d, dtype=torch.bool); pruned[j] = True
+        O.obert_update(v, finv, pruned)
+        assert v[j] == 0.0 and loss(v).item() == pytest.approx(scores[j].item(), rel=1e-7)
+        # and it is optimal: any other change of the remaining weights costs more
+        other = v + 1e-3 * torch.randn(d, dtype=f64) * (~pruned)
+        assert loss(other) > loss(v)
+
+
+def test_update_sums_over_several_pruned_weights_in_a_block():
+    d, B = 20, 10
+    w = torch.randn(d, dtype=f64)
+    finv = O.fisher_inverse_blocks(random_grads(12, d), B, 1e-2)
+    pruned = torch.zeros(d, dtype=torch.bool); pruned[[1, 4, 13]] = True
+    got = w.clone(); O.obert_update(got, finv, pruned)
+    want = w.clone()
+    for j in (1, 4, 13):
+        b, i = divmod(j, B)
+        want[b * B:(b + 1) * B] -= w[j] / finv[b, i, i] * finv[b, :, i]
+    want[pruned] = 0
+    assert torch.allclose(got, want)
+
+
+def test_obert_prune_reaches_target_globally_and_keeps_old_masks():
+    torch.manual_seed(3)
+    params = {"a": torch.randn(6, 8), "b": torch.randn(5, 8)}
+    finvs = {n: O.fisher_inverse_blocks(torch.randn(32, w.numel()), 8, 1e-4) for n, w in params.items()}
+    m1 = P.obert_prune(params, finvs, 0.5)
+    assert sum(int((~k).sum()) for k in m1.values()) == round(0.5 * 88)
+    assert all((params[n][~k] == 0).all() for n, k in m1.items())
+    m2 = P.obert_prune(params, finvs, 0.75, masks=m1)
+    assert all(not (m2[n] & ~m1[n]).any() for n in m1)
+    assert sum(int((~k).sum()) for k in m2.values()) == 66
 
 
 # -- sharded across ranks --------------------------------------------------------------------------
@@ -147,7 +277,7 @@ def problem(seed=0):
 
 def obert_step(block_size, pattern, owners=None, rank=0):
     weights, grads, masks = problem()
-    fisher = P.EmpiricalFisher(SHAPES, block_size, 6, 1e-3, owners, dtype=f64)
+    fisher = O.EmpiricalFisher(SHAPES, block_size, 6, 1e-3, owners, dtype=f64)
     first = sum(fisher.shares[:rank])
     for i in range(fisher.rounds):
         fisher.add({n: grads[n][first + i] for n in SHAPES} if i < fisher.shares[fisher.rank] else None)
@@ -210,5 +340,5 @@ def test_train_samples_fisher_gradients_in_eval_mode_masked_with_their_batch_siz
     assert seen == [(False, 2), (False, 1), (False, 2)] and model.training   # dropout off, batches of 2 (of 3
                                                                                # examples), train mode restored
     for n in names:                                                      # pruned weights saw zero gradients:
-        dead = P.as_blocks((~masks[n]).flatten(), 8)                     # their diagonal is exactly 1 / damp
-        assert torch.allclose(P.inverse_diag(finvs[n])[dead], torch.tensor(1e3), rtol=1e-5)
+        dead = O.as_blocks((~masks[n]).flatten(), 8)                     # their diagonal is exactly 1 / damp
+        assert torch.allclose(O.inverse_diag(finvs[n])[dead], torch.tensor(1e3), rtol=1e-5)

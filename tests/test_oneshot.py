@@ -1,15 +1,15 @@
-"""One-shot pruning (train.py --oneshot) and CrAM (--optimizer cram) on tiny models."""
-import argparse
+"""One-shot pruning (train.py --oneshot) on tiny models: exact sparsities, the shared Fisher, recomputations."""
 import json
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import cli
 import data
 import model as modeling
+import obert
 import prune
 import train
 
@@ -26,8 +26,10 @@ def fine_tuned(tmp_path_factory, tiny_bert_with_vocab):
 
 
 def oneshot_args(model, out, *extra):
+    """A one-shot run on the fixtures; oBERT's Fisher flags only with --method obert (else they do nothing)."""
+    fisher = ["--num-grads", "3", "--block-size", "8", "--damp", "1e-3"] if "obert" in extra else []
     return ["--task", "csqa", "--model", str(model), "--data-dir", str(FIX), "--batch-size", "1", "--out-dir", str(out),
-            "--num-grads", "3", "--block-size", "8", "--damp", "1e-3", *extra]
+            *fisher, *extra]
 
 
 def encoder_weights(folder):
@@ -62,7 +64,7 @@ def test_oneshot_without_export_writes_only_the_table(fine_tuned, tmp_path, caps
 
 def test_oneshot_with_one_recomputation_equals_a_plain_prune_step(fine_tuned, tmp_path):
     train.main(oneshot_args(fine_tuned, tmp_path, "--oneshot", "0.6", "--method", "obert", "--export"))
-    args = train.resolve(train.parse_args(oneshot_args(fine_tuned, tmp_path / "x", "--oneshot", "0.6", "--method",
+    args = cli.resolve(cli.parse_args(oneshot_args(fine_tuned, tmp_path / "x", "--oneshot", "0.6", "--method",
                                                         "obert")))
     rt = train.Runtime(torch.device("cpu"))
     d = train.load_data(args, data.TASKS["csqa"], rt)
@@ -105,8 +107,8 @@ def test_each_recomputation_sees_the_previous_increments_masks(fine_tuned, tmp_p
         seen.append(sum(int((~m).sum()) for m in masks.values()) if masks else 0)
         finvs = collect(model, names, masks, *a, **k)
         for n, m in masks.items():                       # the Fisher of pruned weights is damp * I: no gradient
-            dead = prune.as_blocks((~m).flatten(), 8)
-            assert torch.allclose(prune.inverse_diag(finvs[n])[dead], torch.tensor(1e3))
+            dead = obert.as_blocks((~m).flatten(), 8)
+            assert torch.allclose(obert.inverse_diag(finvs[n])[dead], torch.tensor(1e3))
         return finvs
     monkeypatch.setattr(train, "collect_fisher", recording)
     train.main(oneshot_args(fine_tuned, tmp_path, "--oneshot", "0.6", "--method", "obert", "--recomputations", "3"))
@@ -118,61 +120,3 @@ def test_oneshot_of_a_model_without_its_task_head_is_refused(tiny_bert_with_voca
     with pytest.raises(SystemExit) as e:
         train.main(oneshot_args(tiny_bert_with_vocab, tmp_path / "o", "--oneshot", "0.5"))
     assert e.value.code == 2 and "--oneshot prunes a fine-tuned model" in capsys.readouterr().err
-
-
-# -- CrAM ---------------------------------------------------------------------------------------------
-
-def test_cram_step_with_sgd_equals_the_written_rule(tiny_bert_with_vocab):
-    """w <- w - eta [ grad L(C_k(w + rho grad L(w))) * M_k + grad L(w) ], by hand, on a tiny model."""
-    task = data.TASKS["csqa"]
-    model = train.load_model(tiny_bert_with_vocab, task, 0, "cpu").eval()    # no dropout: a deterministic L
-    tok = data.load_tokenizer(tiny_bert_with_vocab)
-    feats = data.encode(task, data.load_split(task, "train", FIX), tok, 64)
-    batch = data.collate(feats[:2], data.pad_id(tok))
-    args = argparse.Namespace(temperature=5.5, hardness=1.0, cram_rho=0.3, cram_sparsities=[0.7])
-    rt = train.Runtime(torch.device("cpu"))
-    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-    names = prune.prunable_names(model)
-
-    def grad_at(weights):                                 # ∇L at the given weights, by autograd
-        ps = {n: w.clone().requires_grad_(True) for n, w in weights.items()}
-        out = torch.func.functional_call(model, ps, (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
-        F.cross_entropy(out, batch["labels"]).backward()
-        return {n: p.grad for n, p in ps.items()}
-
-    g = grad_at(w0)
-    w_tilde = {n: w0[n] + 0.3 * g[n] for n in w0}
-    scores = torch.cat([w_tilde[n].abs().flatten() for n in names])
-    k = round(0.7 * scores.numel())
-    threshold = scores.kthvalue(k).values                  # the k smallest |w̃| are compressed away
-    M = {n: w_tilde[n].abs() > threshold for n in names}
-    h = grad_at({n: w_tilde[n] * M[n] if n in M else w_tilde[n] for n in w0})
-    eta = 0.1
-    want = {n: w0[n] - eta * ((h[n] * M[n] if n in M else h[n]) + g[n]) for n in w0}
-
-    train.cram_forward_backward(model, model, None, [batch], task, args, rt)
-    opt = torch.optim.SGD(model.parameters(), lr=eta)
-    opt.step()
-    for n, p in model.named_parameters():
-        assert torch.allclose(p, want[n], rtol=1e-5, atol=1e-7), n
-
-
-def test_cram_run_resumes_bit_identically(tmp_path, tiny_bert_with_vocab):
-    common = ["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--data-dir", str(FIX), "--batch-size", "1",
-              "--epochs", "4", "--sparsity", "0", "--no-kd", "--optimizer", "cram", "--checkpoint-every", "3"]
-    train.main(common + ["--out-dir", str(tmp_path / "a")])
-    train.main(common + ["--out-dir", str(tmp_path / "b"), "--stop-after", "5"])
-    train.main(common + ["--out-dir", str(tmp_path / "b"), "--resume"])
-    a, b = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in ("a", "b"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    plain = tmp_path / "plain"
-    train.main([c for c in common if c not in ("--optimizer", "cram")] + ["--out-dir", str(plain)])
-    c = load_file(str(plain / "model" / "model.safetensors"))
-    assert not all(torch.equal(a[k], c[k]) for k in a)      # CrAM changed the training
-
-
-def test_cram_on_a_pruning_run_without_a_teacher_to_train_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
-    with pytest.raises(SystemExit) as e:
-        train.main(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--out-dir", str(tmp_path / "o"),
-                    "--sparsity", "0.8", "--no-kd", "--optimizer", "cram"])
-    assert e.value.code == 2 and "--optimizer cram fine-tunes dense models" in capsys.readouterr().err

@@ -1,0 +1,473 @@
+"""The defects a new user hit (issue 22), one test or more per item, numbered as the issue numbers
+them. A refused run exits 2 with one sentence and leaves the folder it was pointed at
+byte-identical (test_safety.py's `refused` and `snapshot`); the concurrency test starts two
+processes. Each test builds its failing input itself."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
+import data
+import rundir
+import train
+from conftest import TINY_VOCAB, save_tiny
+from test_safety import FIX, ROOT, base_args, refused, snapshot
+
+
+def kd_args(model, out, *extra, teacher=None):
+    """A short KD run on the CSQA fixtures: from --teacher, or with the teacher trained here."""
+    who = ["--teacher", str(teacher)] if teacher else ["--teacher-epochs", "1"]
+    return ["--task", "csqa", "--model", str(model), "--data-dir", str(FIX), "--batch-size", "1", "--out-dir", str(out),
+            "--epochs", "2", *who, "--sparsity", "0.8", "--log-every", "5", *extra]
+
+
+def model_copy(src: Path, dst: Path, **config) -> Path:
+    """A copy of a model folder with some config.json fields changed."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**cfg, **config}))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_bert_with_vocab):
+    out = tmp_path_factory.mktemp("finished22") / "run"
+    train.main(base_args(tiny_bert_with_vocab, out))
+    return out
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    shutil.copytree(finished, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.fixture(scope="module")
+def mc_teacher(tmp_path_factory, tiny_bert_with_vocab):
+    """A dense CSQA model, fine-tuned here: a teacher with the student's vocabulary."""
+    out = tmp_path_factory.mktemp("teacher22") / "run"
+    train.main(base_args(tiny_bert_with_vocab, out, "--sparsity", "0"))
+    return out / "model"
+
+
+# 1. --overwrite deletes only what run.json records as written ------------------------------------------
+
+@pytest.mark.parametrize("users", ["oneshot-mybest/model.safetensors", "teacher/model/config.json", "model2/vocab.txt",
+                                   "student/notes.txt"])
+def test_1_overwrite_never_deletes_a_users_file_named_like_ours(run_copy, tiny_bert_with_vocab, capsys, users):
+    (run_copy / users).parent.mkdir(parents=True, exist_ok=True)
+    (run_copy / users).write_text("the user's\n")
+    before = snapshot(run_copy)
+    assert users in refused(base_args(tiny_bert_with_vocab, run_copy, "--overwrite"), capsys)
+    assert snapshot(run_copy) == before
+
+
+def test_1_overwrite_deletes_exactly_the_files_run_json_lists(tmp_path, tiny_bert_with_vocab, mc_teacher):
+    out = tmp_path / "run"
+    train.main(["--task", "csqa", "--model", str(mc_teacher), "--data-dir", str(FIX), "--batch-size", "1",
+                "--out-dir", str(out), "--oneshot", "0.5", "--export"])
+    written = set(json.loads((out / "run.json").read_text())["written"])
+    assert {"results.json", "oneshot-0.5/", "oneshot-0.5/model.safetensors", "oneshot-0.5/vocab.txt"} <= written
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"run.json"}
+    assert on_disk <= written                                         # everything it wrote, it listed first
+    train.main(["--task", "csqa", "--model", str(mc_teacher), "--data-dir", str(FIX), "--batch-size", "1",
+                "--out-dir", str(out), "--oneshot", "0.6", "--overwrite"])
+    assert not (out / "oneshot-0.5").exists() and sorted(p.name for p in out.iterdir()) == ["results.json", "run.json"]
+
+
+# 2. one run per folder: a lock, taken atomically --------------------------------------------------------
+
+@pytest.mark.parametrize("sparsities", [("0.8", "0.5"), ("0.8", "0.8")])
+def test_2_two_runs_started_together_on_one_folder(tmp_path, tiny_bert_with_vocab, sparsities):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"),
+                               *base_args(tiny_bert_with_vocab, out, "--sparsity", s, "--epochs", "20")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+             for s in sparsities]
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    winner = next(i for i, (code, _) in enumerate(results) if code == 0)
+    loser = results[1 - winner][1].strip().splitlines()
+    assert len(loser) == 1 and any(m in loser[0] for m in ("in use by another train.py", "holds a different run",
+                                                           "already holds this run")), loser
+    assert json.loads((out / "results.json").read_text())["target_sparsity"] == float(sparsities[winner])
+    steps = [json.loads(line)["step"] for line in (out / "student" / "log.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))   # one run's log, not two interleaved
+    assert not (out / rundir.LOCK).exists()
+
+
+def test_2_a_live_lock_is_refused_and_a_dead_ones_taken_over(run_copy, tiny_bert_with_vocab, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_copy / rundir.LOCK).write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                                        "started": rundir.process_start(holder.pid)}))
+        before = snapshot(run_copy)
+        line = refused(base_args(tiny_bert_with_vocab, run_copy, "--overwrite"), capsys)
+        assert f"in use by another train.py (process {holder.pid}" in line and snapshot(run_copy) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    train.main(base_args(tiny_bert_with_vocab, run_copy, "--overwrite"))            # its holder is gone now
+    assert f"left by process {holder.pid}, which no longer runs" in capsys.readouterr().out
+    assert not (run_copy / rundir.LOCK).exists()
+
+
+# 3. nothing is deleted until everything that can fail before training was tried -------------------------
+
+@pytest.mark.parametrize("bad", ["--device cuda", "--device cuda:7", "--device tpu", "--device nonsense",
+                                 "no disk space", "not writable"])
+def test_3_overwrite_deletes_nothing_when_the_machine_cannot_run_it(run_copy, tiny_bert_with_vocab, capsys,
+                                                                     monkeypatch, bad):
+    extra = bad.split() if bad.startswith("--") else []
+    if bad == "no disk space":
+        monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 12, 10 ** 12, 1000))
+    if bad == "not writable":
+        monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    if bad.startswith("--device cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    before = snapshot(run_copy)
+    line = refused(base_args(tiny_bert_with_vocab, run_copy, "--overwrite", *extra), capsys)
+    assert {"no disk space": "GB free", "not writable": "cannot be written"}.get(bad, "--device") in line
+    assert snapshot(run_copy) == before
+
+
+# 4. a split is read only from its own file names ------------------------------------------------------
+
+def test_4_a_train_file_under_another_name_is_not_replaced_by_the_dev_file(tmp_path, tiny_bert_with_vocab, capsys):
+    (tmp_path / "d").mkdir()
+    shutil.copy(FIX / "csqa" / "train_rand_split.jsonl", tmp_path / "d" / "training-set.jsonl")
+    shutil.copy(FIX / "csqa" / "dev_rand_split.jsonl", tmp_path / "d" / "dev.jsonl")      # a hub export of dev
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "out", "--data-dir", str(tmp_path / "d")), capsys)
+    assert "no train file" in line and "dev.jsonl" not in line.split("looked for")[1]
+    assert not (tmp_path / "out").exists()
+    for task in data.TASKS.values():                 # the whole class: no split's names include another's
+        train_names, dev_names = data.split_names(task, "train"), data.split_names(task, "validation")
+        assert not set(train_names) & set(dev_names), task.name
+
+
+# 5. multiple-choice records: the task's number of choices, distinct labels, the answer among them --------
+
+def csqa_record(labels, answer="A"):
+    return json.dumps({"id": "q", "answerKey": answer, "question": {
+        "stem": "s", "choices": [{"label": l, "text": f"t{l}"} for l in labels]}}) + "\n"
+
+
+@pytest.mark.parametrize("labels, answer, message", [
+    ("ABCD", "A", "4 choices, but every csqa question has 5"), ("ABCDEF", "A", "6 choices"),
+    ("AACDE", "A", "repeat"), ("ABCDE", "Z", "not one of the choices")])
+def test_5_a_csqa_record_with_the_wrong_choices_is_refused(tmp_path, tiny_bert_with_vocab, capsys, labels, answer,
+                                                          message):
+    (tmp_path / "d").mkdir()
+    good = (FIX / "csqa" / "train_rand_split.jsonl").read_text()
+    (tmp_path / "d" / "train_rand_split.jsonl").write_text(good + csqa_record(labels, answer))
+    shutil.copy(FIX / "csqa" / "dev_rand_split.jsonl", tmp_path / "d")
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "out", "--data-dir", str(tmp_path / "d")), capsys)
+    assert message in line and "train_rand_split.jsonl:line 4" in line and not (tmp_path / "out").exists()
+
+
+# 6. --resume refuses changed data, model or teacher ---------------------------------------------------
+
+@pytest.mark.parametrize("change", ["data", "model", "teacher"])
+def test_6_resume_on_changed_inputs_is_refused(tmp_path, tiny_bert_with_vocab, mc_teacher, capsys, change):
+    shutil.copytree(FIX, tmp_path / "d")
+    model, teacher = model_copy(tiny_bert_with_vocab, tmp_path / "m"), model_copy(mc_teacher, tmp_path / "t")
+    argv = kd_args(model, tmp_path / "run", "--data-dir", str(tmp_path / "d"), "--epochs", "5", "--checkpoint-every",
+                   "2", teacher=teacher)
+    train.main(argv + ["--stop-after", "3"])
+    if change == "data":
+        path = tmp_path / "d" / "csqa" / "train_rand_split.jsonl"
+        path.write_text(path.read_text().replace('"stem": "', '"stem": "a changed question: ', 1))
+    else:
+        folder = model if change == "model" else teacher
+        from safetensors.torch import load_file, save_file
+        w = load_file(str(folder / "model.safetensors"))
+        w[next(iter(w))] += 1.0
+        save_file(w, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    before = snapshot(tmp_path / "run")
+    line = refused(argv + ["--resume"], capsys)
+    assert f"different {change} than it started with" in line and snapshot(tmp_path / "run") == before
+
+
+# 7. a teacher with another vocabulary -------------------------------------------------------------------
+
+def test_7_a_teacher_with_another_vocabulary_is_refused(tmp_path, tiny_bert_with_vocab, mc_teacher, capsys):
+    teacher = tmp_path / "t"
+    shutil.copytree(mc_teacher, teacher)
+    vocab = TINY_VOCAB[:5] + list(reversed(TINY_VOCAB[5:]))            # the same tokens, other ids
+    (teacher / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    line = refused(kd_args(tiny_bert_with_vocab, tmp_path / "out", teacher=teacher), capsys)
+    assert "another vocabulary" in line and not (tmp_path / "out").exists()
+
+
+# 8. SQuAD ids are unique ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def squad_bert(tmp_path_factory):
+    """A tiny BERT with room for SQuAD's 256-token windows."""
+    folder = tmp_path_factory.mktemp("squad_bert")
+    save_tiny(folder, "bert", "ForQuestionAnswering", max_position_embeddings=256)
+    (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+    return folder
+
+
+def squad_dir(tmp_path, edit) -> Path:
+    """The SQuAD fixtures, the dev file's release JSON changed by edit(doc)."""
+    shutil.copytree(FIX / "squad", tmp_path / "d")
+    doc = json.loads((tmp_path / "d" / "dev-v1.1.json").read_text())
+    edit(doc)
+    (tmp_path / "d" / "dev-v1.1.json").write_text(json.dumps(doc))
+    return tmp_path / "d"
+
+
+def squad_args(model, out, data_dir, *extra):
+    return ["--task", "squad", "--model", str(model), "--data-dir", str(data_dir), "--batch-size", "2",
+            "--out-dir", str(out), "--epochs", "4", "--max-length", "256", "--no-kd", *extra]
+
+
+def first_qas(doc):
+    return doc["data"][0]["paragraphs"][0]["qas"]
+
+
+def test_8_squad_examples_that_share_an_id_are_refused(tmp_path, squad_bert, capsys):
+    def duplicate(doc):
+        first_qas(doc).append(dict(first_qas(doc)[0], question="Who else?"))
+    line = refused(squad_args(squad_bert, tmp_path / "out", squad_dir(tmp_path, duplicate)), capsys)
+    assert "repeats" in line and "s1" in line and not (tmp_path / "out").exists()
+
+
+# 9. a flag either applies or stops the run, in every mode ----------------------------------------------
+
+INAPPLICABLE = [   # (mode, the flags of the run, the flag refused, a word of the sentence)
+    ("no KD", ["--no-kd", "--temperature", "2"], "--temperature", "--no-kd"),
+    ("no KD", ["--no-kd", "--hardness", "0.5"], "--hardness", "--no-kd"),
+    ("no KD", ["--no-kd", "--teacher-epochs", "2"], "--teacher-epochs", "--no-kd"),
+    ("no KD", ["--no-kd", "--teacher", "{teacher}"], "--teacher", "--no-kd"),
+    ("dense", ["--sparsity", "0", "--teacher-lr", "5e-5"], "--teacher-lr", "--lr"),
+    ("dense", ["--sparsity", "0", "--method", "obert"], "--method", "--sparsity 0"),
+    ("dense", ["--sparsity", "0", "--temperature", "2"], "--temperature", "--teacher"),
+    ("teacher given", ["--teacher", "{teacher}", "--teacher-epochs", "2"], "--teacher-epochs", "--teacher"),
+    ("GMP", ["--num-grads", "8"], "--num-grads", "--method gmp"),
+    ("GMP", ["--block-size", "row"], "--block-size", "--method gmp"),
+    ("AdamW", ["--cram-rho", "0.1"], "--cram-rho", "--optimizer cram"),
+    ("cubic", ["--schedule", "cubic", "--init-sparsity", "0.5"], "--init-sparsity", "cubic"),
+    ("gradual", ["--export"], "--export", "--oneshot"),
+    ("gradual", ["--recomputations", "4"], "--recomputations", "--oneshot"),
+    ("warm-up", ["--warmup", "0.1", "--warmup-steps", "5"], "--warmup", "--warmup-steps"),
+    ("N:M", ["--pattern", "2:4", "--sparsity", "0.5", "--scope", "layer"], "--scope", "--pattern 2:4"),
+    ("one-shot", ["--oneshot", "0.5", "--epochs", "3"], "--epochs", "--oneshot"),
+    ("one-shot", ["--oneshot", "0.5", "--teacher", "{teacher}"], "--teacher", "--oneshot"),
+    ("one-shot", ["--oneshot", "0.5", "--keep-checkpoints"], "--keep-checkpoints", "--oneshot"),
+]
+
+
+@pytest.mark.parametrize("mode, flags, refused_flag, word", INAPPLICABLE, ids=[f"{m}:{f}" for m, _, f, _ in INAPPLICABLE])
+def test_9_a_flag_that_would_do_nothing_stops_the_run(tmp_path, tiny_bert_with_vocab, mc_teacher, capsys, mode, flags,
+                                                      refused_flag, word):
+    flags = [f.replace("{teacher}", str(mc_teacher)) for f in flags]
+    model = mc_teacher if "--oneshot" in flags else tiny_bert_with_vocab
+    argv = ["--task", "csqa", "--model", str(model), "--data-dir", str(FIX), "--batch-size", "1",
+            "--out-dir", str(tmp_path / "out"), *flags]
+    line = refused(argv, capsys)
+    assert line.startswith(f"train.py: {refused_flag} does nothing in this run") and word in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_9_the_flags_of_each_mode_apply(tmp_path, tiny_bert_with_vocab):
+    """The other side: a dense run takes --lr, a pruning run --init-sparsity and --damp with oBERT."""
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "dense", "--sparsity", "0", "--lr", "5e-5"))
+    assert json.loads((tmp_path / "dense" / "results.json").read_text())["args"]["lr"] == 5e-5
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "obert", "--method", "obert", "--num-grads", "2",
+                         "--damp", "1e-4", "--init-sparsity", "0.5"))
+    args = json.loads((tmp_path / "obert" / "results.json").read_text())["args"]
+    assert (args["damp"], args["init_sparsity"], args["num_grads"]) == (1e-4, 0.5, 2)
+
+
+# 10. model and teacher folders: every config field checked ----------------------------------------------
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", 30, "not divisible by num_attention_heads"), ("hidden_act", "swish", "hidden_act 'swish'"),
+    ("vocab_size", "many", "vocab_size is 'many'"), ("num_hidden_layers", 0, "num_hidden_layers is 0"),
+    ("hidden_dropout_prob", 1.5, "hidden_dropout_prob is 1.5"), ("layer_norm_eps", -1, "layer_norm_eps"),
+    ("vocab.txt", 120, "tokenizer has 120 tokens but its config.json's vocab_size is 99"),
+    ("pad_token_id", 500, "pad_token_id 500")])
+@pytest.mark.parametrize("role", ["--model", "--teacher"])
+def test_10_a_config_the_model_cannot_use_is_refused(tmp_path, tiny_bert_with_vocab, mc_teacher, capsys, field, value,
+                                                    message, role):
+    folder = model_copy(tiny_bert_with_vocab if role == "--model" else mc_teacher, tmp_path / "m",
+                        **({} if field == "vocab.txt" else {field: value}))
+    if field == "vocab.txt":                                # more tokens than the embeddings have rows
+        (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB + [f"extra{i}" for i in range(value - 74)]) + "\n")
+    argv = (base_args(folder, tmp_path / "out") if role == "--model" else
+            kd_args(tiny_bert_with_vocab, tmp_path / "out", teacher=folder))
+    line = refused(argv, capsys)
+    assert message in line and not (tmp_path / "out").exists()
+
+
+# 11. every file it reads may be truncated or corrupt ----------------------------------------------------
+
+def truncate(path: Path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["student checkpoint", "teacher checkpoint", "teacher's exported model"])
+def test_11_a_damaged_file_of_the_run_is_named_on_resume(tmp_path, tiny_bert_with_vocab, capsys, damage):
+    out = tmp_path / "run"
+    # stopped in the teacher's phase (6 steps), or in the student's after a teacher of 3 steps
+    stop, teacher_epochs = ("1", "2") if damage == "teacher checkpoint" else ("4", "1")
+    argv = kd_args(tiny_bert_with_vocab, out, "--checkpoint-every", "1", "--teacher-epochs", teacher_epochs)
+    train.main(argv + ["--stop-after", stop])
+    path = {"student checkpoint": out / "student" / "checkpoint.pt", "teacher checkpoint": out / "teacher" /
+            "checkpoint.pt", "teacher's exported model": out / "teacher" / "model" / "model.safetensors"}[damage]
+    assert path.is_file()
+    truncate(path)
+    before = snapshot(out)
+    line = refused(argv + ["--resume"], capsys)
+    assert str(path) in line and ("truncated" in line or "corrupt" in line) and snapshot(out) == before
+
+
+@pytest.mark.parametrize("damage", ["vocab.txt not UTF-8", "tokenizer.json truncated", "config.json truncated"])
+def test_11_a_damaged_model_folder_is_named(tmp_path, tiny_bert_with_vocab, capsys, damage):
+    model = model_copy(tiny_bert_with_vocab, tmp_path / "m")
+    if damage == "vocab.txt not UTF-8":
+        (model / "vocab.txt").write_bytes(b"[PAD]\n\xff\xfe\n")
+    elif damage == "tokenizer.json truncated":
+        from tokenizers import Tokenizer
+        Tokenizer.from_str(data.load_tokenizer(model).to_str()).save(str(model / "tokenizer.json"))
+        truncate(model / "tokenizer.json")
+    else:
+        truncate(model / "config.json")
+    line = refused(base_args(model, tmp_path / "out"), capsys)
+    assert str(model) in line and not (tmp_path / "out").exists()
+
+
+# 12. data that parses but cannot be used --------------------------------------------------------------
+
+def test_12_a_squad_v2_record_without_an_answer_is_refused(tmp_path, squad_bert, capsys):
+    def unanswerable(doc):
+        first_qas(doc)[0]["answers"] = []
+    line = refused(squad_args(squad_bert, tmp_path / "out", squad_dir(tmp_path, unanswerable)), capsys)
+    assert "SQuAD v2" in line and "dev-v1.1.json:record 1" in line and not (tmp_path / "out").exists()
+
+
+def test_12_max_length_too_short_for_squads_windows_is_refused(tmp_path, squad_bert, capsys):
+    line = refused(squad_args(squad_bert, tmp_path / "out", FIX, "--max-length", "64"), capsys)
+    assert "--max-length 64 is too short" in line and "--max-length 256" in line and not (tmp_path / "out").exists()
+
+
+def test_12_a_byte_order_mark_in_a_tsv_header_is_read(tmp_path, tiny_bert_with_vocab):
+    (tmp_path / "d").mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        (tmp_path / "d" / name).write_bytes(b"\xef\xbb\xbf" + (FIX / "sst2" / name).read_bytes())
+    assert data.load_split(data.TASKS["sst2"], "train", tmp_path / "d")[0]["label"] == 1
+
+
+def test_12_a_split_with_no_records_names_its_file(tmp_path, tiny_bert_with_vocab, capsys):
+    (tmp_path / "d").mkdir()
+    shutil.copy(FIX / "sst2" / "train.tsv", tmp_path / "d")
+    (tmp_path / "d" / "dev.tsv").write_text("sentence\tlabel\n")
+    argv = ["--task", "sst2", "--model", str(tiny_bert_with_vocab), "--data-dir", str(tmp_path / "d"), "--out-dir",
+            str(tmp_path / "out"), "--no-kd", "--batch-size", "1"]
+    line = refused(argv, capsys)
+    assert str(tmp_path / "d" / "dev.tsv") in line and "no records" in line and not (tmp_path / "out").exists()
+
+
+# 13. the environment: devices, writable folders, full disks, numbers the libraries refuse -----------------
+
+def full_disk(real):
+    """A writer that writes half and then fails as a full disk does."""
+    def write(obj, path, *a, **k):
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return write
+
+
+@pytest.mark.parametrize("when", ["checkpoint", "export"])
+def test_13_a_disk_that_fills_is_said_and_leaves_no_tmp(tmp_path, tiny_bert_with_vocab, capsys, monkeypatch, when):
+    import safetensors.torch
+    if when == "checkpoint":
+        monkeypatch.setattr(torch, "save", full_disk(torch.save))
+    else:
+        monkeypatch.setattr(safetensors.torch, "save_file", full_disk(safetensors.torch.save_file))
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "run"), capsys)
+    assert "the disk is full" in line and "--resume" in line
+    assert not list((tmp_path / "run").rglob("*.tmp")) and not (tmp_path / "run" / rundir.LOCK).exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", str(2 ** 63)), ("--seed", "-1"), ("--temperature", "0.1")])
+def test_13_numbers_the_libraries_refuse_are_refused_first(tmp_path, tiny_bert_with_vocab, capsys, flag, value):
+    line = refused(kd_args(tiny_bert_with_vocab, tmp_path / "out", flag, value), capsys)
+    assert line.startswith(f"train.py: {flag} is") and not (tmp_path / "out").exists()
+
+
+# 14. Ctrl-C: one line naming the last checkpoint ------------------------------------------------------
+
+def test_14_ctrl_c_names_the_last_checkpoint_and_resume_ends_bit_identical(tmp_path, tiny_bert_with_vocab, capsys,
+                                                                        monkeypatch):
+    common = ["--checkpoint-every", "2", "--epochs", "4", "--keep-checkpoints"]
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "whole", *common))
+    step, masked_step = [0], train.masked_step
+
+    def ctrl_c_at_step_5(*a):
+        step[0] += 1
+        if step[0] == 6:
+            raise KeyboardInterrupt
+        return masked_step(*a)
+    monkeypatch.setattr(train, "masked_step", ctrl_c_at_step_5)
+    with pytest.raises(SystemExit) as e:
+        train.main(base_args(tiny_bert_with_vocab, tmp_path / "cut", *common))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and len(err) == 1, err
+    assert "student/checkpoint.pt (student step 4)" in err[0] and "--resume" in err[0]
+    assert not (tmp_path / "cut" / rundir.LOCK).exists()
+    monkeypatch.setattr(train, "masked_step", masked_step)
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "cut", *common, "--resume"))
+    from safetensors.torch import load_file
+    a, b = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# 15. messages that mislead, and what a person watching a long run sees ----------------------------------
+
+def test_15_a_cap_too_short_for_the_schedule_names_max_steps(tmp_path, tiny_bert_with_vocab, capsys):
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "out", "--max-steps", "3", "--epochs", "50"), capsys)
+    assert "raise --max-steps, which caps it at 3" in line and "at least 4 steps" in line
+
+
+def test_15_resume_of_a_folder_holding_no_run_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "out", "--resume"), capsys)
+    assert "holds none; drop --resume" in line and not (tmp_path / "out").exists()
+
+
+def test_15_resume_before_the_first_checkpoint_says_it_starts_over(tmp_path, tiny_bert_with_vocab, capsys):
+    (tmp_path / "run").mkdir()
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "run", "--stop-after", "1", "--checkpoint-every", "50"))
+    (tmp_path / "run" / "student" / "checkpoint.pt").unlink()        # as if killed before its first checkpoint
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "run", "--resume", "--stop-after", "1",
+                         "--checkpoint-every", "50"))
+    assert "no checkpoint to resume from" in capsys.readouterr().out
+
+
+def test_15_progress_names_the_phase_and_shows_the_time_left(tmp_path, tiny_bert_with_vocab, capsys):
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "dense", "--sparsity", "0", "--epochs", "4"))
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("dense fine-tuning [")]
+    assert lines and all("elapsed, ~" in l and "left" in l for l in lines)
+
+
+def test_15_a_run_estimated_at_over_a_day_says_so_and_goes_on(tmp_path, tiny_bert_with_vocab, capsys, monkeypatch):
+    monkeypatch.setattr(train, "device_flops", lambda device: 1e3)      # a very slow device
+    train.main(base_args(tiny_bert_with_vocab, tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "this run is estimated at" in out and "days" in out and "it goes on" in out
+    assert (tmp_path / "run" / "results.json").is_file()
