@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -437,3 +438,39 @@ def check_teacher(folder, task, role="a teacher"):
         raise UsageError(f"{role}, but {folder} is a {arch} with {cfg.num_labels} labels and {task.name} needs a "
                          f"...{want}" + (f" with {task.num_labels} labels" if task.kind == "classification" else "")
                          + f"; pass a model fine-tuned on {task.name}.")
+
+
+# -----------------------------------------------------------------------------
+# Checks that need the data: train.py calls them once it is read, still before anything is written.
+
+def check_stop_after(args, phases: list[int]):
+    """--stop-after N stops a phase after its step N: refused if no phase of this run (their steps:
+    `phases`) has that step. Called by train.py once the data fixes the phases' lengths."""
+    if args.stop_after is not None and args.stop_after > max(phases):
+        raise UsageError(f"--stop-after {args.stop_after} is past the last step of every phase of this run "
+                         f"({max(phases)}); pass a smaller one.")
+
+
+def warn_if_long(args, phases: list[int], tokens_per_step: int, device):
+    """Before a run estimated at more than a day on this device, one line with the numbers (it goes on).
+    FLOPs of a step: forward 2 x weights x tokens (prune.py's count), backward twice that, plus the
+    teacher's forward; the device's speed: a few 1024 x 1024 matrix products, at half their rate."""
+    cfg = vars(modeling.load_config(Path(args.model_folder)))
+    per_token = sum(f for _, _, f in prune.cost_table(cfg, 128)) / 128
+    steps, flops = sum(phases), per_token * tokens_per_step * (4 if args.kd else 3)
+    rate = 0.5 * device_flops(device)
+    days = steps * flops / rate / 86400
+    if days > 1:
+        print(f"train.py: this run is estimated at {days:.1f} days on {device} ({steps} optimizer steps of about "
+              f"{flops / 1e12:.2f} TFLOP, at ~{rate / 1e9:.0f} GFLOP/s); it goes on (--max-steps or fewer --epochs "
+              f"shorten it).", flush=True)
+
+
+def device_flops(device) -> float:
+    """FLOP/s of three 1024 x 1024 fp32 matrix products on `device`, after one to warm up."""
+    a = torch.ones(1024, 1024, device=device)
+    (a @ a).sum().item()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        (a @ a).sum().item()
+    return 3 * 2 * 1024 ** 3 / (time.perf_counter() - t0)

@@ -291,8 +291,9 @@ def magnitude_masks(params: dict, sparsity: float, scope="global", pattern="unst
 #                                                         4-block: every weight carries its group's score.
 #   update(weights, fisher, newly_pruned, pattern)       optional, in place, after selection (oBERT's OBS).
 #
-# Adding a criterion is one scoring function and one entry in METHODS: train.py reads its
-# --method choices, its checks and its pruning step from here (`prune_step`).
+# Adding a criterion is one scoring function and one entry in METHODS: cli.py reads the --method
+# choices and checks from here, train.py its pruning step (`prune_step`). oBERT's functions live in
+# obert.py with the Fisher they need.
 
 @dataclass(frozen=True)
 class Method:

@@ -171,6 +171,25 @@ def model_files(folder) -> list[Path]:
     return [Path(folder) / n for n in names if (Path(folder) / n).is_file()]
 
 
+def fingerprints(args, data_fingerprint: str) -> dict:
+    """What run.json records so that --resume refuses changed inputs: the data (data.fingerprint of
+    its examples), the model and the teacher (their files)."""
+    out = {"data": data_fingerprint, "model": fingerprint(model_files(args.model_folder))}
+    if args.teacher:
+        out["teacher"] = fingerprint(model_files(args.teacher))
+    return out
+
+
+def interrupted(out: Path) -> str:
+    """Ctrl-C's one line: the newest checkpoint of the run, and how to continue from it."""
+    for phase in ("student", "teacher"):
+        if (out / phase / "checkpoint.pt").is_file():
+            step = read_checkpoint(out / phase / "checkpoint.pt", mmap=True)["step"]
+            return (f"interrupted; the last checkpoint is {out / phase / 'checkpoint.pt'} ({phase} step {step}): "
+                    f"continue with --resume.")
+    return f"interrupted before the first checkpoint; start again with --overwrite (or --resume: {out} keeps the run)."
+
+
 # -----------------------------------------------------------------------------
 # One run per folder: the lock.
 

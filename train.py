@@ -458,52 +458,13 @@ def student_schedule(args, d) -> Schedule:
         raise UsageError(f"the student's {total} optimizer steps are too few for the schedule to reach sparsity "
                          f"{args.sparsity:g} (its last pruning step is step {sched.t_end}); {fix} to give it at least "
                          f"{sched.min_steps()} steps.")
-    check_stop_after(args, d, sched)
+    cli.check_stop_after(args, run_steps(args, d, sched))
     return sched
 
 
-def check_stop_after(args, d, sched):
-    """--stop-after N stops a phase after its step N: refused if no phase of this run has that step."""
-    phases = [sched.total_steps] + ([phase_steps(args.teacher_epochs, args, d)] if args.kd and not args.teacher else [])
-    if args.stop_after is not None and args.stop_after > max(phases):
-        raise UsageError(f"--stop-after {args.stop_after} is past the last step of every phase of this run "
-                         f"({max(phases)}); pass a smaller one.")
-
-
-def fingerprints(args, d) -> dict:
-    """What run.json records so that --resume refuses changed inputs: the data, the model, the teacher."""
-    out = {"data": d.fingerprint, "model": rundir.fingerprint(rundir.model_files(args.model_folder))}
-    if args.teacher:
-        out["teacher"] = rundir.fingerprint(rundir.model_files(args.teacher))
-    return out
-
-
-def warn_if_long(args, d, sched, rt):
-    """Before a run estimated at more than a day on this device, one line with the numbers (it goes on).
-    FLOPs of a step: forward 2 x weights x tokens (prune.py's count), backward twice that, plus the
-    teacher's forward; the device's speed: a few 1024 x 1024 matrix products, at half their rate."""
-    if args.oneshot or rt.rank != 0:
-        return
-    cfg = vars(modeling.load_config(Path(args.model_folder)))
-    per_token = sum(f for _, _, f in prune.cost_table(cfg, 128)) / 128
-    steps = sched.total_steps + (phase_steps(args.teacher_epochs, args, d) if args.kd and not args.teacher else 0)
-    flops = per_token * d.tokens_per_batch * args.grad_accum * (4 if args.kd else 3)
-    rate = 0.5 * device_flops(rt.device)
-    days = steps * flops / rate / 86400
-    if days > 1:
-        log(rt, f"train.py: this run is estimated at {days:.1f} days on {rt.device} ({steps} optimizer steps of about "
-                f"{flops / 1e12:.2f} TFLOP, at ~{rate / 1e9:.0f} GFLOP/s); it goes on (--max-steps or fewer --epochs "
-                f"shorten it).")
-
-
-def device_flops(device) -> float:
-    """FLOP/s of three 1024 x 1024 fp32 matrix products on `device`, after one to warm up."""
-    a = torch.ones(1024, 1024, device=device)
-    (a @ a).sum().item()
-    t0 = time.perf_counter()
-    for _ in range(3):
-        (a @ a).sum().item()
-    return 3 * 2 * 1024 ** 3 / (time.perf_counter() - t0)
+def run_steps(args, d, sched) -> list[int]:
+    """The optimizer steps of each phase this run trains: the student's, and the teacher's if trained here."""
+    return [sched.total_steps] + ([phase_steps(args.teacher_epochs, args, d)] if args.kd and not args.teacher else [])
 
 
 def load_model(folder, task, seed, device, verbose=True):
@@ -602,8 +563,9 @@ def main(argv=None):
     try:   # the data read and encoded, the schedule checked, the folder locked: only then is anything written
         d = load_data(args, data.TASKS[args.task], rt)
         sched = None if args.oneshot else student_schedule(args, d)
-        warn_if_long(args, d, sched, rt)
-        lock = rundir.prepare_out_dir(args, rt, fingerprints(args, d))
+        if not args.oneshot and rt.rank == 0:
+            cli.warn_if_long(args, run_steps(args, d, sched), d.tokens_per_batch * args.grad_accum, rt.device)
+        lock = rundir.prepare_out_dir(args, rt, rundir.fingerprints(args, d.fingerprint))
     except (UsageError, data.DataError, modeling.CheckpointError) as e:
         fail(e, rt)
     except KeyboardInterrupt:
@@ -613,7 +575,7 @@ def main(argv=None):
     except (NonFinite, rundir.RunError) as e:
         fail(f"{e}.", rt)
     except KeyboardInterrupt:
-        fail(interrupted(Path(args.out_dir)), rt, code=130)
+        fail(rundir.interrupted(Path(args.out_dir)), rt, code=130)
     finally:
         rundir.release_lock(lock)
     finish(rt)
@@ -634,16 +596,6 @@ def prune_while_training(args, d, sched, rt):
     # c) evaluate and export
     if not fitted.stopped:
         export(student, fitted, teacher_scores, d, args, rt, start)
-
-
-def interrupted(out: Path) -> str:
-    """Ctrl-C's one line: the newest checkpoint of the run, and how to continue from it."""
-    for phase in ("student", "teacher"):
-        if (out / phase / "checkpoint.pt").is_file():
-            step = rundir.read_checkpoint(out / phase / "checkpoint.pt", mmap=True)["step"]
-            return (f"interrupted; the last checkpoint is {out / phase / 'checkpoint.pt'} ({phase} step {step}): "
-                    f"continue with --resume.")
-    return f"interrupted before the first checkpoint; start again with --overwrite (or --resume: {out} keeps the run)."
 
 
 def oneshot(args, d, rt):
