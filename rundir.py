@@ -450,4 +450,4 @@ def load_checkpoint(path, model, opt, device):
 
 def kernel_choices(model) -> dict:
     """Which Linears --sparse-backprop routed through SparseProp's kernels (sparse.route)."""
-    return {f"{n}.weight": "sparse" for n, m in model.named_modules() if "forward" in vars(m)}
+    return {f"{n}.weight": "sparse" for n, m in model.named_modules() if vars(m).get("kernel") == "sparseprop"}

@@ -36,9 +36,13 @@ built there, and on resume, where `follow` repeats the checkpoint's choices with
 
     pip install pybind11 && pip install --no-build-isolation sparseprop==0.1.14
 """
+import os
+import sys
 import time
 import types
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -121,13 +125,13 @@ def sparse_forward(linear, x):
 
 
 def use_sparse(linear, index: CSRIndex):
-    linear.csr = index
+    linear.csr, linear.kernel = index, "sparseprop"
     linear.forward = types.MethodType(sparse_forward, linear)     # this instance only; its weight is unchanged
 
 
 def use_dense(linear):
-    if "forward" in vars(linear):
-        del linear.forward, linear.csr
+    for name in ("forward", "csr", "csr_weight", "kernel"):
+        vars(linear).pop(name, None)
 
 
 def time_fwd_bwd(linear, x) -> float:
@@ -185,6 +189,89 @@ def unroute(model):
 
 
 # -----------------------------------------------------------------------------
+# Inference on a CPU: each encoder Linear through the fastest of three kernels for its weights.
+#
+#   dense        W x, MKL's GEMM: every weight, zero or not                out · in · T multiply-adds
+#   csr          PyTorch's CSR product (MKL's sparse BLAS on x86), W fixed  nnz · T, irregular reads
+#   sparseprop   SparseProp's forward kernel (above), vectorised over T     nnz · T
+#
+# Which wins depends on the matrix's sparsity and shape and on T, the tokens of a batch (one
+# sentence or a serving batch of 32), so `route_inference` times each candidate on T random
+# tokens and keeps the fastest, as `route` does for training. The weights themselves are
+# unchanged: a CSR copy of W is built once (inference only: it does not follow later updates).
+
+KERNELS = ("dense", "csr", "sparseprop")
+
+
+def csr_forward(linear, x):
+    """y = x Wᵀ + b as yᵀ = W_csr xᵀ: (..., in) -> (..., out)."""
+    flat = x.reshape(-1, linear.in_features)                                  # (T, in)
+    y = torch.sparse.mm(linear.csr_weight, flat.t()).t()                      # (out, T) -> (T, out)
+    if linear.bias is not None:
+        y = y + linear.bias
+    return y.reshape(*x.shape[:-1], linear.out_features)                      # (..., out)
+
+
+def use_csr(linear):
+    with warnings.catch_warnings():           # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        linear.csr_weight = linear.weight.detach().to_sparse_csr()
+    linear.kernel = "csr"
+    linear.forward = types.MethodType(csr_forward, linear)
+
+
+def use_kernel(linear, kernel: str):
+    use_dense(linear)
+    if kernel == "csr":
+        use_csr(linear)
+    elif kernel == "sparseprop":
+        use_sparse(linear, csr_index(linear.weight.detach() != 0))
+
+
+def available_kernels() -> tuple:
+    """The kernels this machine has: SparseProp only where `pip install sparseprop` was done."""
+    try:
+        kernels()
+        return KERNELS
+    except ImportError:
+        return ("dense", "csr")
+
+
+@torch.no_grad()
+def time_forward(linear, x, repeats: int) -> float:
+    """The fastest of `repeats` forward passes of one Linear on x, in seconds (one warm-up first)."""
+    linear(x)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        linear(x)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@torch.no_grad()
+def route_inference(model, names, tokens: int, candidates=None, repeats: int = 5) -> dict:
+    """Send each Linear `names` names (weight names) through the fastest of `candidates` on `tokens`
+    random tokens; returns {name: {"kernel": chosen, "seconds": {kernel: time}, "sparsity": s}}. A
+    kernel is chosen only if it was timed: a dense matrix (no zeros) is timed dense only."""
+    candidates = candidates or available_kernels()
+    profile = {}
+    g = torch.Generator().manual_seed(0)               # its own: the global RNG is left alone
+    for name in names:
+        linear = model.get_submodule(name.rsplit(".", 1)[0])
+        x = torch.randn(tokens, linear.in_features, generator=g)
+        sparsity = float((linear.weight == 0).float().mean())
+        seconds = {}
+        for kernel in candidates if sparsity > 0 else ("dense",):
+            use_kernel(linear, kernel)
+            seconds[kernel] = time_forward(linear, x, repeats)
+        best = min(seconds, key=seconds.get)
+        use_kernel(linear, best)
+        profile[name] = {"kernel": best, "seconds": seconds, "sparsity": sparsity, "shape": tuple(linear.weight.shape)}
+    return profile
+
+
+# -----------------------------------------------------------------------------
 # 2:4 on a GPU: the weights of a --pattern 2:4 model in the semi-structured format of the sparse
 # tensor cores (Ampere and later, fp16/bf16), for inference.
 
@@ -204,3 +291,172 @@ def to_semi_structured(model, names, dtype=torch.bfloat16):
         linear.weight = torch.nn.Parameter(to_sparse_semi_structured(linear.weight.detach().to(dtype)),
                                            requires_grad=False)
     return model
+
+
+# -----------------------------------------------------------------------------
+# What a user's own exported model gains: `python sparse.py OUT/model [more folders]`.
+
+def load_exported(folder):
+    """A folder train.py exported (or any BERT/RoBERTa one), with the head its config names."""
+    import model as modeling
+    cfg = modeling.load_config(modeling.resolve_folder(folder))
+    arch = (cfg.extra.get("architectures") or [""])[0]
+    head = next((h for h, suffix in modeling.ARCHITECTURES.items() if h and arch.endswith(suffix)), None)
+    return modeling.from_pretrained(folder, head=head, num_labels=cfg.num_labels if head == "classification" else None,
+                                    verbose=False).eval(), head
+
+
+def input_batches(folder, args, batch_size: int) -> list[dict]:
+    """Batches of batch_size: the task's first dev examples (padded to each batch's longest), or
+    random token ids of --seq-len without --data-dir."""
+    import data
+    if args.data_dir:
+        task = data.TASKS[args.task]
+        tok = data.load_tokenizer(folder)
+        features = data.encode(task, data.load_split(task, "validation", args.data_dir)[: args.examples], tok)
+        loader = data.make_loader(features, batch_size, False, 0, data.pad_id(tok))
+        return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for b in loader]
+    g = torch.Generator().manual_seed(0)
+    n = max(1, args.examples // batch_size)
+    ids = torch.randint(5, 1000, (n, batch_size, args.seq_len), generator=g)
+    return [{"input_ids": i, "attention_mask": torch.ones_like(i), "token_type_ids": torch.zeros_like(i)} for i in ids]
+
+
+@torch.no_grad()
+def outputs(model, batches) -> list:
+    return [model(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
+
+
+def max_difference(a, b) -> float:
+    flat = lambda o: torch.cat([t.flatten() for t in (o if isinstance(o, (tuple, list)) else [o])])
+    return max(float((flat(x) - flat(y)).abs().max()) for x, y in zip(a, b))
+
+
+@torch.no_grad()
+def latencies(variants: dict, batches, repeats: int) -> dict:
+    """Median seconds per batch of each variant's forward, the variants timed in turns (their order
+    rotating each round) so that the machine's drift hits all alike."""
+    names, times = list(variants), {k: [] for k in variants}
+    outputs(next(iter(variants.values())), batches[:1])
+    for r in range(repeats + 1):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            outputs(variants[k], batches)
+            if r:                                                        # round 0 warms every variant up
+                times[k].append((time.perf_counter() - t) / len(batches))
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def benchmark(folder, args) -> tuple[list, list]:
+    """Rows (model, sparsity, batch, kernel, latency, sequences/s, speed-up, max diff, kernels) and the
+    per-matrix profile of the fastest routing, for one exported model."""
+    import copy
+    import prune
+    dense, _ = load_exported(folder)
+    names = prune.prunable_names(dense)
+    sparsity = sum(int((dense.get_parameter(n) == 0).sum()) for n in names) / sum(dense.get_parameter(n).numel()
+                                                                                 for n in names)
+    rows, profile = [], []
+    for batch_size in args.batch_sizes:
+        batches = input_batches(folder, args, batch_size)
+        tokens = round(sum(b["input_ids"].numel() for b in batches) / len(batches))
+        variants = {"dense": dense}
+        for kernel in available_kernels()[1:]:
+            variants[f"all {kernel}"] = copy.deepcopy(dense)
+            for n in names:
+                use_kernel(variants[f"all {kernel}"].get_submodule(n.rsplit(".", 1)[0]), kernel)
+        variants["fastest per matrix"] = copy.deepcopy(dense)
+        chosen = route_inference(variants["fastest per matrix"], names, tokens, repeats=args.route_repeats)
+        reference = outputs(dense, batches)
+        seconds = latencies(variants, batches, args.repeats)
+        for kernel, model in variants.items():
+            counts = {}
+            for n in names:
+                k = vars(model.get_submodule(n.rsplit(".", 1)[0])).get("kernel", "dense")
+                counts[k] = counts.get(k, 0) + 1
+            rows.append([Path(folder).name, f"{sparsity:.4f}", str(batch_size), kernel, f"{1e3 * seconds[kernel]:.3f}",
+                         f"{batch_size / seconds[kernel]:.1f}", f"{seconds['dense'] / seconds[kernel]:.2f}x",
+                         f"{max_difference(outputs(model, batches), reference):.2e}",
+                         ", ".join(f"{k} {c}" for k, c in sorted(counts.items()))])
+        profile += [f"# profile {Path(folder).name} batch {batch_size} ({tokens} tokens) {n} "
+                    f"{'x'.join(map(str, p['shape']))} sparsity {p['sparsity']:.3f}: "
+                    + ", ".join(f"{k} {1e3 * t:.3f} ms" for k, t in p["seconds"].items()) + f" -> {p['kernel']}"
+                    for n, p in chosen.items()]
+    return rows, profile
+
+
+def storage(folder) -> list[str]:
+    """The exported weights file's size, and its size after zlib (a general-purpose compressor: the
+    zeros compress, the kept float32 values hardly do)."""
+    import zlib
+    path = Path(folder) / "model.safetensors"
+    raw = path.read_bytes()
+    return [Path(folder).name, f"{len(raw) / 1e6:.1f}", f"{len(zlib.compress(raw, 6)) / 1e6:.1f}"]
+
+
+def header(argv) -> list[str]:
+    """The command, the commit and the machine, as evidence/results' files begin."""
+    import platform
+    import shlex
+    import subprocess
+    root = Path(__file__).resolve().parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True).stdout
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.machine()) if Path("/proc/cpuinfo").is_file() else platform.machine()
+    return [f"# command: python sparse.py {shlex.join(argv)}",
+            f"# commit: {commit.strip() or 'unknown'}{' (with uncommitted changes)' if dirty.strip() else ''}",
+            "# seed: none: timings; the inputs are the task's first dev examples (or token ids from seed 0)",
+            f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"python {platform.python_version()}"]
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description="Time an exported model's forward pass on this CPU: dense, every "
+                                             "encoder Linear through one sparse kernel, and through the fastest "
+                                             "kernel for each matrix; with the outputs' difference from dense and "
+                                             "the file's size before and after compression.")
+    ap.add_argument("models", nargs="+", help="exported model folders (train.py's OUT/model, OUT/oneshot-S)")
+    ap.add_argument("--task", default="sst2", help="the task whose dev examples are the inputs (default sst2)")
+    ap.add_argument("--data-dir", help="the task's released files; without it, random token ids of --seq-len")
+    ap.add_argument("--seq-len", type=int, default=128, help="tokens per sequence without --data-dir (default 128)")
+    ap.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default 1,32: one sentence, "
+                                                         "and a serving batch)")
+    ap.add_argument("--examples", type=int, default=64, help="inputs per timing round (default 64)")
+    ap.add_argument("--repeats", type=int, default=20, help="timing rounds; the median is kept (default 20)")
+    ap.add_argument("--route-repeats", type=int, default=5, help="timings per kernel per matrix (default 5)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--out", help="also write the table here (with the command, commit and machine on top)")
+    args = ap.parse_args(argv)
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        if min(args.batch_sizes) < 1 or args.examples < 1 or args.repeats < 1 or args.seq_len < 2:
+            raise ValueError
+    except ValueError:
+        ap.exit(2, f"sparse.py: --batch-sizes, --examples, --repeats and --seq-len must be whole numbers of at least "
+                   f"1 (2 tokens), got {args.batch_sizes!r}.\n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lines = header(argv if argv is not None else sys.argv[1:])
+    lines.append("\t".join(["model", "encoder sparsity", "batch", "kernels", "ms per batch", "sequences/s",
+                            "speed-up", "max |diff|", "matrices"]))
+    profiles, sizes = [], [["model", "MB", "MB after zlib"]]
+    for folder in args.models:
+        try:
+            rows, profile = benchmark(folder, args)
+        except Exception as e:          # a folder that is not a model, data that cannot be read: one line
+            ap.exit(2, f"sparse.py: {folder}: {e}\n")
+        lines += ["\t".join(r) for r in rows]
+        profiles += profile
+        sizes.append(storage(folder))
+        print("\n".join("\t".join(r) for r in rows), flush=True)
+    lines += ["# storage: " + "\t".join(s) for s in sizes] + profiles
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(l for l in lines if l.startswith("# storage")))
+
+
+if __name__ == "__main__":
+    main()

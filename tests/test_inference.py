@@ -1,0 +1,102 @@
+"""sparse.py at inference: PyTorch's CSR path against the dense masked Linear, the routing rule
+(only timed kernels are ever chosen), and `python sparse.py MODEL` on a tiny exported model."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as modeling
+import prune
+import sparse
+from conftest import TINY_VOCAB, save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.mark.parametrize("shape, sparsity", [((384, 1536), 0.9), ((1536, 384), 0.97), ((37, 101), 0.5),
+                                             ((16, 24), 1.0)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_csr_linear_equals_the_dense_masked_linear(shape, sparsity, bias, dims):
+    g = torch.Generator().manual_seed(0)
+    out_f, in_f = shape
+    linear = torch.nn.Linear(in_f, out_f, bias=bias)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(shape, generator=g) >= sparsity)
+    x = torch.randn(*((3, 11) if dims == 3 else (13,)), in_f, generator=g)
+    want = F.linear(x, linear.weight, linear.bias)
+    sparse.use_csr(linear)
+    with torch.no_grad():
+        got = linear(x)
+    assert linear.kernel == "csr" and got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    sparse.use_dense(linear)
+    assert "forward" not in vars(linear) and "csr_weight" not in vars(linear)
+
+
+def tiny_pruned(folder: Path, sparsity: float) -> Path:
+    save_tiny(folder, "bert", "ForSequenceClassification")
+    (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+    m = modeling.from_pretrained(folder, head="classification", num_labels=2, verbose=False)
+    params, names = dict(m.named_parameters()), prune.prunable_names(m)
+    prune.apply_masks(params, prune.magnitude_masks({n: params[n] for n in names}, sparsity))
+    m.save_pretrained(folder)
+    return folder
+
+
+def test_routing_chooses_only_kernels_it_timed(tmp_path, monkeypatch):
+    m, _ = sparse.load_exported(tiny_pruned(tmp_path / "m", 0.9))
+    names = prune.prunable_names(m)
+    with torch.no_grad():                                   # one matrix without zeros: timed dense only
+        m.get_parameter(names[0]).fill_(0.5)
+    timed, time_forward = {}, sparse.time_forward
+
+    def recorded(linear, x, repeats):
+        timed.setdefault(id(linear), []).append(vars(linear).get("kernel", "dense"))
+        return time_forward(linear, x, repeats)
+    monkeypatch.setattr(sparse, "time_forward", recorded)
+    for candidates in (("dense", "csr"), sparse.available_kernels()):
+        timed.clear()
+        chosen = sparse.route_inference(m, names, 40, candidates, repeats=2)
+        for n, p in chosen.items():
+            linear = m.get_submodule(n.rsplit(".", 1)[0])
+            assert p["kernel"] in timed[id(linear)] and set(p["seconds"]) == set(timed[id(linear)])
+            assert vars(linear).get("kernel", "dense") == p["kernel"]
+        assert timed[id(m.get_submodule(names[0].rsplit(".", 1)[0]))] == ["dense"]
+        assert all(set(k) <= set(candidates) for k in timed.values())
+    with torch.no_grad():                                   # routed outputs equal the dense model's
+        ids = torch.randint(5, 99, (2, 9))
+        dense, _ = sparse.load_exported(tmp_path / "m")
+        with torch.no_grad():
+            dense.get_parameter(names[0]).fill_(0.5)
+        assert torch.allclose(m(ids, torch.ones_like(ids)), dense(ids, torch.ones_like(ids)), atol=1e-5)
+
+
+def test_the_command_times_a_tiny_exported_model_and_prints_every_row(tmp_path):
+    folder = tiny_pruned(tmp_path / "model", 0.9)
+    out = tmp_path / "inference.txt"
+    done = subprocess.run([sys.executable, str(ROOT / "sparse.py"), str(folder), "--data-dir", str(FIX), "--repeats",
+                           "2", "--route-repeats", "1", "--examples", "4", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert [l.split(":")[0] for l in lines[:4]] == ["# command", "# commit", "# seed", "# machine"]
+    header, *table = [l.split("\t") for l in lines if not l.startswith("#")]
+    assert header[:4] == ["model", "encoder sparsity", "batch", "kernels"]
+    kernels = ["dense", "all csr"] + (["all sparseprop"] if "sparseprop" in sparse.available_kernels() else []) + [
+        "fastest per matrix"]
+    assert [(r[2], r[3]) for r in table] == [(b, k) for b in ("1", "32") for k in kernels]
+    for r in table:
+        assert r[1] == "0.9000" and r[6].endswith("x") and float(r[7]) <= 1e-5       # outputs as dense's
+    assert any(l.startswith("# storage: model") for l in lines) and any(l.startswith("# profile model") for l in lines)
+
+
+def test_the_command_refuses_a_folder_that_is_not_a_model(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "sparse.py"), str(tmp_path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "config.json" in done.stderr
