@@ -44,6 +44,7 @@ LIMIT_TRAIN = 6000
 HOLDOUT = 5000                                   # SST-2's last 5000 training sentences (of 67,349)
 TEACHER_EPOCHS = 2                               # one teacher budget: 376 steps of batch 32
 BUDGETS = (1, 2, 4, 8)                           # the budget study: student budgets, in teacher budgets
+INFERENCE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97)     # one-shot sparsities exported for sparse.py's timings
 
 
 def model_path() -> str:
@@ -71,6 +72,10 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
     add("teacher", C + ["--model", M, "--sparsity", "0", "--epochs", str(TEACHER_EPOCHS), "--lr", "5e-5"])
     out.append(("softmax", [sys.executable, "evidence/softmax.py", "--model", str(RUNS / "teacher-s0" / "model"),
                             *(["--data-dir", data_dir] if data_dir else []), "--out", str(RUNS / "softmax.json")]))
+    # the teacher pruned in one shot by oBERT, each sparsity exported: what sparse.py times (README, What
+    # sparsity buys)
+    add("oneshot-obert-export", C + ["--model", "{teacher}", "--method", "obert", "--oneshot", ",".join(map(str, INFERENCE)),
+                                     "--export"], seeds=SEEDS[:1])
     for b in BUDGETS:                     # the budget study: the recipe at 80% and 90%, budget by budget
         for s, p in ((0.8, "80"), (0.9, "90")):
             add(f"gmp{p}-b{b}", student(s, b))
@@ -89,7 +94,8 @@ def machine() -> str:
             f"python {platform.python_version()}, {platform.system()}")
 
 
-CODE = ["model.py", "prune.py", "schedule.py", "distill.py", "train.py", "data.py", "sparse.py", "evidence/softmax.py"]
+CODE = ["model.py", "prune.py", "obert.py", "schedule.py", "distill.py", "cram.py", "train.py", "cli.py", "rundir.py",
+        "data.py", "sparse.py", "evidence/softmax.py"]
 
 
 def git(*args) -> str:
