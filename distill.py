@@ -33,7 +33,9 @@ def kd_loss(student_logits, teacher_logits, temperature: float = TEMPERATURE, ma
     student_logits, teacher_logits: (..., K) tensors, e.g. (B, K) for classification or (B, C)
       for multiple choice; or (start, end) tuples of (B, T) for span QA, whose two losses are
       averaged.
-    mask: optional (..., K) bool, True for classes that exist (span QA: real context tokens);
+    mask: optional (..., K) bool, True for classes that exist (span QA: every real token of the
+      sequence, question and special tokens included; only padding is excluded, as train.py passes
+      the attention mask);
       the others are excluded from both softmaxes and from the sum.
     """
     if isinstance(student_logits, (tuple, list)):

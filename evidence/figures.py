@@ -1,10 +1,14 @@
-"""The README's three figures, drawn from the committed results files and from schedule.py.
+"""The README's figures, drawn from the committed results files and from schedule.py.
 
-- accuracy.png: dev accuracy against encoder sparsity for each method, mean over seeds with
-  the standard deviation as error bars (the same numbers as evidence/table.py's tables);
-- schedules.png: the sparsity and learning-rate schedules of the recipe (accelerated: a jump to
-  70%, then the cubic) against the naive cubic from zero, for the miniature's 188 student steps
-  at 90%, exactly what `python schedule.py --sparsity 0.9 --steps 188 [--schedule cubic]` prints;
+- recovery.png: guideline 2 as the paper states it: the recipe's accuracy at 80% and 90% against
+  the student's budget (in teacher budgets), dev and held-out, mean ± std over seeds, with the
+  dense teachers' band: how much of the teacher's accuracy a longer schedule recovers;
+- cycles.png: what happens during pruning: the dev accuracy at the end of every pruning cycle
+  (train.py's log, kept in each results file) for the recipe and the naive cubic at the chosen
+  budget, against the sparsity then in force;
+- schedules.png: the sparsity and learning-rate schedules of the recipe (a jump to 30%, the first
+  jump for MiniLM's 6 layers, then the cubic) against the naive cubic from zero, as
+  `python schedule.py --sparsity 0.9 --steps N --init-sparsity 0.3 [--schedule cubic]` prints them;
 - softmax.png: the teacher's softmax at T = 1, 2 and 5.5 on real dev sentences
   (evidence/results/softmax.json, made by evidence/softmax.py).
 
@@ -26,70 +30,80 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from schedule import Schedule     # noqa: E402
 from table import load, seeds_of, accuracy, mean_std, RESULTS   # noqa: E402
+import runs                       # noqa: E402
 
 OUT = HERE / "figures"
 
 
-def series(res, at):
-    """(x, mean, std) over seeds: a gradual row at its sparsity, or a one-shot row at each."""
-    xs, ms, ss = [], [], []
-    for s, runs in at:
-        values = runs(res)
-        if values:
-            m, sd = mean_std(values)
-            xs.append(100 * s), ms.append(m), ss.append(sd)
-    return xs, ms, ss
-
-
-def oneshot_points(name):
-    return [(s, lambda res, s=s: [next(r["accuracy"] for r in rec["oneshot"] if r["sparsity"] == s)
-                                  for rec in seeds_of(res, name)]) for s in (0.0, 0.5, 0.7, 0.8, 0.9)]
-
-
-def gradual_points(name):
-    return [(0.8, lambda res: accuracy(seeds_of(res, name.format(p="80")))),
-            (0.9, lambda res: accuracy(seeds_of(res, name.format(p="90"))))]
-
-
-def accuracy_figure(res, path):
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    lines = [("one-shot GMP, AdamW teacher", oneshot_points("oneshot-gmp"), "--", "o"),
-             ("one-shot oBERT, AdamW teacher", oneshot_points("oneshot-obert"), "--", "s"),
-             ("one-shot GMP, CrAM model", oneshot_points("oneshot-cram-gmp"), ":", "o"),
-             ("one-shot oBERT, CrAM model", oneshot_points("oneshot-cram-obert"), ":", "s"),
-             ("gradual GMP, the recipe", gradual_points("gmp{p}"), "-", "D"),
-             ("gradual oBERT, the recipe", gradual_points("obert{p}"), "-", "^"),
-             ("gradual GMP, naive cubic", gradual_points("cubic{p}"), "-", "v"),
-             ("gradual GMP, KD at T = 1", gradual_points("t1-{p}"), "-", "<"),
-             ("gradual GMP, no KD", gradual_points("nokd{p}"), "-", "x")]
-    for i, (label, at, style, marker) in enumerate(lines):
-        xs, ms, ss = series(res, at)
-        if xs:   # a small sideways offset per method keeps overlapping error bars readable
-            ax.errorbar([x + 0.35 * (i - 4) for x in xs], ms, yerr=ss, label=label, linestyle=style, marker=marker,
-                        markersize=4, capsize=2, linewidth=1)
-    ax.set_xlabel("encoder sparsity (%)")
-    ax.set_ylabel("SST-2 dev accuracy (%)")
-    ax.set_title("MiniLM on the SST-2 miniature: mean ± std over seeds", fontsize=10)
-    ax.axhline(50.9, color="grey", linewidth=0.6)
-    ax.annotate("majority class", xy=(0.01, 51.2), xycoords=("axes fraction", "data"), fontsize=7, color="grey")
-    ax.legend(fontsize=7, loc="center left")
-    ax.grid(alpha=0.3)
+def recovery_figure(res, path):
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.6), sharex=True)
+    for ax, key, title in ((axes[0], "metric", "dev (872 sentences)"),
+                           (axes[1], "holdout_metric", f"held out ({runs.HOLDOUT} training sentences)")):
+        teacher = [r[key]["accuracy"] for r in seeds_of(res, "teacher") if r.get(key)]
+        if teacher:
+            m, sd = mean_std(teacher)
+            ax.axhspan(m - sd, m + sd, color="grey", alpha=0.25, label="dense teachers (mean ± std)")
+            ax.axhline(m, color="grey", linewidth=0.8)
+        for p, marker in (("80", "o"), ("90", "s")):
+            xs, ms, ss = [], [], []
+            for b in runs.BUDGETS:
+                values = [r[key]["accuracy"] for r in seeds_of(res, f"gmp{p}-b{b}") if r.get(key)]
+                if values:
+                    xs.append(b), ms.append(mean_std(values)[0]), ss.append(mean_std(values)[1])
+            if xs:
+                ax.errorbar(xs, ms, yerr=ss, marker=marker, capsize=3, label=f"the recipe at {p}%")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(runs.BUDGETS), [str(b) for b in runs.BUDGETS])
+        ax.set_xlabel("student budget (teacher budgets of 376 steps)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("SST-2 accuracy (%)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("MiniLM, SST-2 miniature: accuracy recovered against the student's budget", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def schedules_figure(path, steps=188, target=0.9):
+def cycles_figure(res, path):
+    """Mean over seeds of the dev accuracy at each cycle's end, the recipe against the naive cubic."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4), sharey=True)
+    for ax, p in zip(axes, ("80", "90")):
+        for name, label, style in (("gmp", "the recipe (from 30%)", "-o"), ("cubic", "naive cubic from zero", "--s")):
+            records = seeds_of(res, f"{name}{p}-b{runs.CHOSEN_BUDGET}")
+            evals = [r["cycle_evals"] for r in records if r.get("cycle_evals")]
+            if not evals:
+                continue
+            n = min(len(e) for e in evals)
+            steps = [evals[0][i]["step"] for i in range(n)]
+            accs = [mean_std([e[i]["accuracy"] for e in evals])[0] for i in range(n)]
+            total = runs.TEACHER_EPOCHS * 188 * runs.CHOSEN_BUDGET           # the end: the exported model
+            ax.plot(steps + [total], accs + [mean_std(accuracy(records))[0]], style, markersize=4, label=label)
+            if name == "gmp":
+                for x, e in zip(steps, evals[0][:n]):
+                    ax.annotate(f"{e['sparsity']:.2f}", (x, 51), fontsize=6, ha="center", color="tab:blue")
+        ax.set_title(f"target {p}%: accuracy after each pruning cycle", fontsize=9)
+        ax.set_xlabel(f"optimizer step (budget {runs.CHOSEN_BUDGET}); blue: the recipe's sparsity in the cycle",
+                      fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("SST-2 dev accuracy (%)")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def schedules_figure(path, steps=376, target=0.9):
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4.4), sharex=True)
     for kind, style in (("accelerated", "-"), ("cubic", "--")):
-        s = Schedule(steps, target, kind=kind, lr_max=8e-5, lr_min=8e-6)
+        s = Schedule(steps, target, runs.FIRST_JUMP, kind=kind, lr_max=5e-5, lr_min=5e-6)
         t = range(steps)
-        label = "the recipe (accelerated, from 70%)" if kind == "accelerated" else "naive cubic from zero"
+        label = f"the recipe (accelerated, from {runs.FIRST_JUMP:.0%})" if kind == "accelerated" else "naive cubic from zero"
         top.plot(t, [s.sparsity_at(i) for i in t], style, label=label)
         bottom.plot(t, [s.lr_at(i) for i in t], style, label=label)
     top.set_ylabel("sparsity")
     bottom.set_ylabel("learning rate")
-    bottom.set_xlabel(f"optimizer step (the miniature's {steps} student steps, target {target:.0%})")
+    bottom.set_xlabel(f"optimizer step ({steps} student steps, target {target:.0%}; any length scales alike)")
     top.legend(fontsize=8)
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
@@ -116,7 +130,9 @@ def softmax_figure(rec, path, n=4):
 def main():
     OUT.mkdir(exist_ok=True)
     res = load(RESULTS)
-    accuracy_figure(res, OUT / "accuracy.png")
+    recovery_figure(res, OUT / "recovery.png")
+    if runs.CHOSEN_BUDGET is not None:
+        cycles_figure(res, OUT / "cycles.png")
     schedules_figure(OUT / "schedules.png")
     if "softmax" in res:
         softmax_figure(res["softmax"], OUT / "softmax.png")

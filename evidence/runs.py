@@ -45,6 +45,8 @@ HOLDOUT = 5000                                   # SST-2's last 5000 training se
 TEACHER_EPOCHS = 2                               # one teacher budget: 376 steps of batch 32
 BUDGETS = (1, 2, 4, 8)                           # the budget study: student budgets, in teacher budgets
 INFERENCE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97)     # one-shot sparsities exported for sparse.py's timings
+FIRST_JUMP = 0.3                                 # train.py's s_i for MiniLM's 6 layers (schedule.initial_sparsity)
+CHOSEN_BUDGET = None                             # the budget the study chooses (README); the ablations run there
 
 
 def model_path() -> str:

@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prune                      # noqa: E402  (the parameter and FLOP counts)
+import runs                       # noqa: E402  (the budgets, and the budget the study chose)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = 3
@@ -70,44 +72,90 @@ def table(header: list[str], rows: list[list[str]], align: str) -> str:
 
 
 # -----------------------------------------------------------------------------
-# The SST-2 miniature: every gradual row, and the guidelines' comparisons.
+# The miniature at the recipe's proportions: the budget study, then every row at the chosen budget.
 
-GRADUAL = [   # (row label, run name with {p} for the sparsity in percent)
-    ("the recipe: GMP, accelerated schedule, KD at T = 5.5", "gmp{p}"),
-    ("the recipe with oBERT (1024 Fisher gradients of 8 per pruning step)", "obert{p}"),
+def by_seed(records: list[dict], key="metric") -> dict:
+    return {r["seed"]: r[key]["accuracy"] for r in records if r.get(key)}
+
+
+def gaps(res: dict, row: str, key="metric") -> list[float]:
+    """Each seed's student minus the teacher of its own seed (the teacher it distilled from)."""
+    teacher = by_seed(seeds_of(res, "teacher"), key)
+    return [v - teacher[k] for k, v in by_seed(seeds_of(res, row), key).items() if k in teacher]
+
+
+def holdout(records: list[dict]) -> list[float]:
+    return [r["holdout_metric"]["accuracy"] for r in records if r.get("holdout_metric")]
+
+
+def minutes(records: list[dict]) -> str:
+    return cell([r["command_seconds"] / 60 for r in records], 1) if records else ""
+
+
+def budget_table(res: dict) -> str:
+    """The recipe at 80% and 90% for student budgets of 1, 2, 4, 8 teacher budgets (guideline 2 as the
+    paper states it): accuracy, and the gap to each seed's own teacher, on dev and on the held-out set."""
+    t = seeds_of(res, "teacher")
+    rows = [["dense teacher", "0%", "1", str(runs.TEACHER_EPOCHS * 188), cell(accuracy(t)), "", cell(holdout(t)), "",
+             str(len(t)), minutes(t)]]
+    for p in ("80", "90"):
+        for b in runs.BUDGETS:
+            name = f"gmp{p}-b{b}"
+            r = seeds_of(res, name)
+            rows.append([f"the recipe (GMP, KD at T = 5.5, from {runs.FIRST_JUMP:.0%})", f"{p}%", str(b),
+                         str(runs.TEACHER_EPOCHS * 188 * b), cell(accuracy(r)), cell(gaps(res, name)), cell(holdout(r)),
+                         cell(gaps(res, name, "holdout_metric")), str(len(r)), minutes(r)])
+    return table(["run", "sparsity", "student budget (teacher budgets)", "steps", "dev accuracy",
+                  "minus its teacher, dev", "held-out accuracy", "minus its teacher, held-out", "seeds",
+                  "minutes per run"], rows, "llrrrrrrrr")
+
+
+def at_budget(name: str, p: str) -> str:
+    """A row's run name at the chosen budget: `cubic80-b4`."""
+    return f"{name.format(p=p)}-b{runs.CHOSEN_BUDGET}"
+
+
+CHOSEN_ROWS = [   # (label, run name with {p}) at the chosen budget
+    ("the recipe: GMP, accelerated from 30%, KD at T = 5.5, hardness 1.0", "gmp{p}"),
+    ("the recipe with oBERT (1024 Fisher gradients of 16 per pruning step)", "obert{p}"),
     ("embeddings and head pruned too", "embhead{p}"),
     ("naive cubic schedule from zero", "cubic{p}"),
+    ("first jump to 50%", "init50-{p}"),
+    ("first jump to 70% (BERT-base's)", "init70-{p}"),
     ("KD at T = 2", "t2-{p}"),
     ("KD at T = 1", "t1-{p}"),
     ("no KD (task loss only)", "nokd{p}"),
+    ("KD at hardness 0.5 (half the task loss)", "hard05-{p}"),
 ]
 
 
-def sst2_table(res: dict) -> str:
+def chosen_table(res: dict) -> str:
+    if runs.CHOSEN_BUDGET is None:
+        return "not run: the budget study chooses the budget first"
     rows = []
-
-    def add(label, sparsity, records):
-        rows.append([label, sparsity, cell(accuracy(records)), str(len(records)),
-                     cell([r["command_seconds"] / 60 for r in records], 1) if records else "",
-                     cell([r["peak_memory_gb"] for r in records], 2) if records else ""])
-
-    add("dense fine-tuned teacher (2 epochs)", "0%", seeds_of(res, "teacher"))
-    for p in ("80", "90"):
-        for label, name in GRADUAL:
-            add(label, f"{p}%", seeds_of(res, name.format(p=p)))
-    add("the recipe at twice the epochs (2)", "90%", seeds_of(res, "gmp90-2x"))
-    return table(["run", "encoder sparsity", "dev accuracy", "seeds", "minutes per run", "peak GB"], rows,
-                 "llrrrr")
+    t = seeds_of(res, "teacher")
+    rows.append(["dense fine-tuned teacher (1 teacher budget)", "0%", cell(accuracy(t)), cell(holdout(t)),
+                 str(len(t)), minutes(t), cell([r["peak_memory_gb"] for r in t], 2)])
+    for p in ("50", "70", "80", "90"):
+        for label, name in CHOSEN_ROWS:
+            r = seeds_of(res, at_budget(name, p))
+            if r or p in ("80", "90"):
+                rows.append([label, f"{p}%", cell(accuracy(r)), cell(holdout(r)), str(len(r)), minutes(r),
+                             cell([x["peak_memory_gb"] for x in r], 2) if r else ""])
+    return table(["run", "encoder sparsity", "dev accuracy", "held-out accuracy", "seeds", "minutes per run",
+                  "peak GB"], rows, "llrrrrr")
 
 
-COMPARISONS = [   # (guideline, what the paper says wins, what it beats, at)
+COMPARISONS = [   # (guideline, what the paper says wins, what it beats, at); names at the chosen budget
     ("1. prune only the encoder", "gmp{p}", "embhead{p}", ("80", "90")),
     ("2. accelerated schedule, not naive cubic", "gmp{p}", "cubic{p}", ("80", "90")),
-    ("2. a longer schedule for a higher target", "gmp90-2x", "gmp90", ("90",)),
+    ("2. first jump 30% (small models) rather than 70%", "gmp{p}", "init70-{p}", ("80", "90")),
+    ("2. first jump 30% rather than 50%", "gmp{p}", "init50-{p}", ("80", "90")),
     ("3. KD at T = 5.5 rather than T = 1", "gmp{p}", "t1-{p}", ("80", "90")),
     ("3. KD at T = 5.5 rather than T = 2", "gmp{p}", "t2-{p}", ("80", "90")),
     ("3. KD rather than none", "gmp{p}", "nokd{p}", ("80", "90")),
-    ("the pruner: oBERT rather than GMP", "obert{p}", "gmp{p}", ("80", "90")),   # the paper's strongest method
+    ("3. hardness 1.0 rather than 0.5", "gmp{p}", "hard05-{p}", ("80", "90")),
+    ("the pruner: oBERT rather than GMP", "obert{p}", "gmp{p}", ("80", "90")),
 ]
 
 
@@ -131,16 +179,50 @@ def per_seed(res: dict, a: str, b: str) -> str:
                      if r["seed"] in acc_b)
 
 
-def guidelines_table(res: dict) -> str:
+SHORT = {"no: within the spread": "within the spread", "**yes, as the paper says**": "shown, as the paper says",
+         "**yes, against the paper**": "shown, against the paper", "one seed: no spread": "one seed"}
+
+
+def comparison_rows(res: dict, comparisons, name_at) -> list[list[str]]:
     rows = []
-    for guideline, win, lose, at in COMPARISONS:
+    for guideline, win, lose, at in comparisons:
         for p in at:
-            a, b = win.format(p=p), lose.format(p=p)
-            rows.append([guideline, f"{p}%", f"`{a}` − `{b}`", *verdict(accuracy(seeds_of(res, a)),
-                                                                        accuracy(seeds_of(res, b))),
-                         per_seed(res, a, b)])
-    return table(["guideline", "at", "runs compared", "difference (points)", "spread (std + std)",
-                  "shown beyond the spread?", "per seed"], rows, "lllrrll")
+            a, b = name_at(win, p), name_at(lose, p)
+            ra, rb = seeds_of(res, a), seeds_of(res, b)
+            d, spread, shown = verdict(accuracy(ra), accuracy(rb))
+            hd, hspread, hshown = verdict(holdout(ra), holdout(rb))
+            rows.append([guideline, f"{p}%", f"`{a}` − `{b}`", d, spread, shown, per_seed(res, a, b),
+                         f"{min(len(ra), len(rb))}", f"{hd} ({SHORT[hshown]})" if hd else ""])
+    return rows
+
+
+def guidelines_table(res: dict) -> str:
+    if runs.CHOSEN_BUDGET is None:
+        return "not run: the budget study chooses the budget first"
+    rows = comparison_rows(res, COMPARISONS, at_budget)
+    rows += comparison_rows(res, [("2. a longer schedule (the chosen budget rather than one teacher budget)",
+                                   f"gmp{{p}}-b{runs.CHOSEN_BUDGET}", "gmp{p}-b1", ("80", "90"))],
+                            lambda n, p: n.format(p=p))
+    return table(["guideline", "at", "runs compared", "dev difference (points)", "spread (std + std)",
+                  "shown beyond the spread?", "per seed", "seeds", "held-out difference (shown?)"], rows,
+                 "lllrrllrl")
+
+
+def short_budget_table(old: dict) -> str:
+    """The first miniature (188 student steps, half a teacher budget; 3 seeds; evidence/results/v1):
+    the recipe far from its teachers, kept as the row set that shows what too short a budget does."""
+    t = seeds_of(old, "teacher")
+    rows = [["dense teacher (376 steps)", "0%", cell(accuracy(t)), "", str(len(t))]]
+    for p in ("80", "90"):
+        for label, name in (("the recipe, 188 steps (½ teacher budget), from 70%", "gmp{p}"),
+                            ("the recipe with oBERT, 188 steps", "obert{p}"), ("naive cubic, 188 steps", "cubic{p}")):
+            r = seeds_of(old, name.format(p=p))
+            rows.append([label, f"{p}%", cell(accuracy(r)), cell(gaps(old, name.format(p=p))), str(len(r))])
+    r = seeds_of(old, "gmp90-2x")
+    rows.append(["the recipe, 376 steps (1 teacher budget), from 70%", "90%", cell(accuracy(r)),
+                 cell(gaps(old, "gmp90-2x")), str(len(r))])
+    return table(["run (the first miniature: lr 8e-5, weight decay 0.01)", "sparsity", "dev accuracy",
+                  "minus its teacher", "seeds"], rows, "llrrr")
 
 
 # -----------------------------------------------------------------------------
@@ -240,6 +322,40 @@ def bench_table(path: Path) -> str:
     return table(["measurement", "ours", "reference", "ratio", "target"], rows, "lrrrl")
 
 
+def read_inference(path: Path) -> tuple[list[dict], dict]:
+    """sparse.py's output: its rows as dicts (by its header), and {model: (MB, MB after zlib)}."""
+    lines = [l for l in path.read_text().splitlines() if l.strip()]
+    table_lines = [l for l in lines if not l.startswith("#")]
+    head = table_lines[0].split("\t")                  # the first line is the header ("model" is also a folder)
+    rows = [dict(zip(head, l.split("\t"))) for l in table_lines[1:]]
+    storage = [l.removeprefix("# storage: ").split("\t") for l in lines if l.startswith("# storage: ")]
+    return rows, {name: (mb, packed) for name, mb, packed in storage[1:]}
+
+
+def inference_table(path: Path, oneshot: dict | None) -> str:
+    """What sparsity buys at inference on this CPU: per exported model its dev accuracy (the one-shot
+    run's), the fastest-per-matrix forward's speed-up over dense at each batch size, which kernel
+    each matrix took, and the file's size."""
+    rows, sizes = read_inference(path)
+    accuracy_at = {f"oneshot-{r['sparsity']:g}": r["accuracy"] for r in (oneshot or {}).get("oneshot", [])}
+    accuracy_at["model"] = next((r["accuracy"] for r in (oneshot or {}).get("oneshot", []) if r["sparsity"] == 0), None)
+    batches = sorted({int(r["batch"]) for r in rows})
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        fastest = {int(r["batch"]): r for r in mine if r["kernels"] == "fastest per matrix"}
+        csr = {int(r["batch"]): r for r in mine if r["kernels"] == "all csr"}
+        acc = accuracy_at.get(model)
+        out.append([model if model != "model" else "the dense teacher", f"{float(mine[0]['encoder sparsity']):.0%}",
+                    f"{acc:.2f}" if acc is not None else "",
+                    *[fastest[b]["speed-up"] for b in batches], *[csr[b]["speed-up"] for b in batches],
+                    fastest[batches[-1]]["matrices"], f"{max(float(r['max |diff|']) for r in mine):.0e}",
+                    *sizes.get(model, ("", ""))])
+    return table(["model", "encoder sparsity", "dev accuracy", *[f"fastest per matrix, batch {b}" for b in batches],
+                  *[f"all CSR, batch {b}" for b in batches], f"kernels chosen at batch {batches[-1]}",
+                  "max abs diff from dense", "MB", "MB after zlib"], out, "lrr" + "r" * (2 * len(batches)) + "lrrr")
+
+
 def cost_table(model: str) -> str:
     """Not a measurement: prune.py's count of parameters and FLOPs (`python prune.py --report MODEL`)."""
     rows = prune.cost_table(prune.BUILTIN[model], 128)
@@ -271,13 +387,16 @@ def compute_table(res: dict) -> str:
 
 def render(folder: Path = RESULTS) -> dict[str, str]:
     """{table name: markdown} for every table the README carries."""
-    res = load(folder / "v1" if (folder / "v1").is_dir() else folder)
+    res, old = load(folder), load(folder / "v1")          # this miniature; the first one (188 steps)
     out = {"cost-bert-base": cost_table("bert-base-uncased"), "cost-roberta-large": cost_table("roberta-large"),
-           "sst2": sst2_table(res), "guidelines": guidelines_table(res), "oneshot": oneshot_table(res),
-           "wall": wall_table(res), "softmax": softmax_table(res), "compute": compute_table(res)}
+           "budget": budget_table(res), "sst2": chosen_table(res), "guidelines": guidelines_table(res),
+           "short-budget": short_budget_table(old), "oneshot": oneshot_table(old), "wall": wall_table(old),
+           "softmax": softmax_table(res), "compute": compute_table(res)}
     for name in ("bench-cpu", "bench-cpu-sparse"):
         if (folder / f"{name}.txt").is_file():
             out[name] = bench_table(folder / f"{name}.txt")
+    if (folder / "inference-cpu.txt").is_file():
+        out["inference"] = inference_table(folder / "inference-cpu.txt", res.get("oneshot-obert-export-s0"))
     return out
 
 

@@ -19,37 +19,50 @@ def load_module(name):
 table = load_module("table")
 
 
-def write(folder, name, accuracy, seconds=60.0, **extra):
+def write(folder, name, accuracy, seconds=60.0, holdout=None, **extra):
+    folder.mkdir(parents=True, exist_ok=True)
     record = {"name": name, "command": f"python train.py ... {name}", "commit": "abc", "seed": int(name[-1]),
               "machine": "test", "metric": {"accuracy": accuracy}, "command_seconds": seconds,
               "wall_time_s": seconds - 3, "student_seconds": seconds - 10, "tokens_per_s": 1000.0,
               "peak_memory_gb": 1.5, **extra}
+    if holdout is not None:
+        record["holdout_metric"] = {"accuracy": holdout}
     (folder / f"{name}.json").write_text(json.dumps(record))
 
 
 @pytest.fixture
-def fixtures(tmp_path):
-    for k, acc in enumerate((85.0, 86.0, 87.0)):
-        write(tmp_path, f"teacher-s{k}", acc)
-    for k, acc in enumerate((80.0, 81.0, 82.5)):
-        write(tmp_path, f"gmp80-s{k}", acc)
+def fixtures(tmp_path, monkeypatch):
+    """This miniature's results at the top (the budget study, rows at a chosen budget of 2), the first
+    miniature's in v1/."""
+    monkeypatch.setattr(table.runs, "CHOSEN_BUDGET", 2)
+    for k, (acc, ho) in enumerate(((85.0, 88.0), (86.0, 88.5), (87.0, 89.0))):
+        write(tmp_path, f"teacher-s{k}", acc, holdout=ho)
+    for k, (acc, ho) in enumerate(((80.0, 84.0), (81.0, 84.5), (82.5, 85.0))):
+        write(tmp_path, f"gmp80-b1-s{k}", acc - 1, holdout=ho - 1)
+        write(tmp_path, f"gmp80-b2-s{k}", acc, holdout=ho)
     for k, acc in enumerate((50.0, 50.5)):               # 2 seeds: far below, beyond the spread
-        write(tmp_path, f"embhead80-s{k}", acc)
-    for k, acc in enumerate((80.5, 81.5, 82.0)):         # within the spread of gmp80
-        write(tmp_path, f"cubic80-s{k}", acc)
+        write(tmp_path, f"embhead80-b2-s{k}", acc, holdout=50.0)
+    for k, acc in enumerate((80.5, 81.5, 82.0)):         # within the spread of the recipe
+        write(tmp_path, f"cubic80-b2-s{k}", acc, holdout=84.0)
     for k, acc in enumerate((84.0, 85.0, 86.0)):         # beats the recipe beyond the spread: against the paper
-        write(tmp_path, f"t1-80-s{k}", acc)
-    write(tmp_path, "nokd80-s0", 79.0)                    # one seed: no spread to compare with
-    write(tmp_path, "obert80-s0", 83.0)                   # gradual oBERT: 80% has one seed, 90% none yet
+        write(tmp_path, f"t1-80-b2-s{k}", acc)
+    write(tmp_path, "nokd80-b2-s0", 79.0)                 # one seed: no spread to compare with
+    write(tmp_path, "gmp70-b2-s0", 84.0)                  # the curve over sparsities, one seed so far
+    old = tmp_path / "v1"
+    for k, acc in enumerate((85.0, 86.0, 87.0)):
+        write(old, f"teacher-s{k}", acc)
+    for k, acc in enumerate((75.0, 76.0, 78.0)):
+        write(old, f"gmp80-s{k}", acc)
+    write(old, "obert80-s0", 83.0)                         # gradual oBERT: 80% has one seed, 90% none yet
     for k, (plain, grouped, fast) in enumerate(((300, 100, 80), (330, 110, 88), (270, 90, None))):
-        write(tmp_path, f"gmp90-plain-s{k}", 70.0, seconds=plain + 10)
-        write(tmp_path, f"gmp90-s{k}", 70.0, seconds=grouped + 10)
+        write(old, f"gmp90-plain-s{k}", 70.0, seconds=plain + 10)
+        write(old, f"gmp90-s{k}", 70.0, seconds=grouped + 10)
         if fast:
-            write(tmp_path, f"gmp90-sparse-s{k}", 70.0, seconds=fast + 10)
+            write(old, f"gmp90-sparse-s{k}", 70.0, seconds=fast + 10)
     rows = [{"sparsity": s, "accuracy": a, "seconds": 0.3} for s, a in ((0.0, 85.0), (0.5, 82.0), (0.7, 76.0),
                                                                        (0.8, 70.0), (0.9, 52.0))]
-    write(tmp_path, "oneshot-gmp-s0", 85.0, oneshot=rows)
-    write(tmp_path, "oneshot-obert-s0", 85.0, oneshot=[dict(r, seconds=2.0) for r in rows], fisher_seconds=150.0)
+    write(old, "oneshot-gmp-s0", 85.0, oneshot=rows)
+    write(old, "oneshot-obert-s0", 85.0, oneshot=[dict(r, seconds=2.0) for r in rows], fisher_seconds=150.0)
     p = {"1.0": [0.1, 0.9], "2.0": [0.25, 0.75], "5.5": [0.4, 0.6]}
     (tmp_path / "softmax.json").write_text(json.dumps({
         "name": "softmax", "command": "python evidence/softmax.py", "commit": "abc", "seed": 0, "machine": "test",
@@ -70,39 +83,47 @@ def row_of(markdown, *starts):
 def test_tables_from_fixture_results(fixtures):
     tables = table.render(fixtures)
     m, s = statistics.mean([80.0, 81.0, 82.5]), statistics.stdev([80.0, 81.0, 82.5])
-    assert f"| {m:.2f} ± {s:.2f} | 3 |" in row_of(tables["sst2"], "the recipe: GMP", "| 80% |")
-    assert "50.25 ± 0.35 (2 seeds) | 2 |" in row_of(tables["sst2"], "embeddings and head", "| 80% |")
-    assert "not run" in row_of(tables["sst2"], "KD at T = 1", "| 90% |")
-    assert "| 1.0 ± 0.0 |" in row_of(tables["sst2"], "dense fine-tuned teacher")   # 60 s of command = 1.0 minute
-    embhead = row_of(tables["guidelines"], "`gmp80` − `embhead80`")
-    assert f"{m - 50.25:+.2f}" in embhead and "yes, as the paper says" in embhead
-    cubic = row_of(tables["guidelines"], "`gmp80` − `cubic80`")
-    assert "within the spread" in cubic
-    assert "not run" in row_of(tables["guidelines"], "`gmp90` − `t1-90`")
-    t1 = row_of(tables["guidelines"], "`gmp80` − `t1-80`")
+    budget = tables["budget"]
+    assert f"| {m:.2f} ± {s:.2f} | -4.83 ± 0.29 |" in row_of(budget, "| 80% | 2 | 752 |")   # 80-85, 81-86, 82.5-87
+    assert "| 84.50 ± 0.50 | -4.00 ± 0.00 | 3 |" in row_of(budget, "| 80% | 2 | 752 |")     # held-out: 84-88, ...
+    assert "not run" in row_of(budget, "| 90% | 8 | 3008 |")
+    assert "| 1.0 ± 0.0 |" in row_of(budget, "dense teacher")                      # 60 s of command = 1.0 minute
+    assert f"| {m:.2f} ± {s:.2f} | 84.50 ± 0.50 | 3 |" in row_of(tables["sst2"], "the recipe: GMP", "| 80% |")
+    assert "50.25 ± 0.35 (2 seeds) | 50.00 ± 0.00 (2 seeds) | 2 |" in row_of(tables["sst2"], "embeddings", "| 80% |")
+    assert "| 84.00 (1 seed) |" in row_of(tables["sst2"], "the recipe: GMP", "| 70% |")
+    assert not [l for l in tables["sst2"].splitlines() if "| 50% |" in l]          # a sparsity with no runs: no rows
+    g = tables["guidelines"]
+    embhead = row_of(g, "`gmp80-b2` − `embhead80-b2`")
+    assert f"{m - 50.25:+.2f}" in embhead and "yes, as the paper says" in embhead and "| 2 |" in embhead
+    assert "within the spread" in row_of(g, "`gmp80-b2` − `cubic80-b2`")
+    assert "+0.50 (within the spread)" in row_of(g, "`gmp80-b2` − `cubic80-b2`")    # held-out 84.5 ± 0.5 vs 84.0
+    assert "not run" in row_of(g, "`gmp90-b2` − `t1-90-b2`")
+    t1 = row_of(g, "`gmp80-b2` − `t1-80-b2`")
     assert f"| {m - 85.0:+.2f} | {s + 1.0:.2f} |" in t1 and "against the paper" in t1
-    assert "one seed: no spread" in row_of(tables["guidelines"], "`gmp80` − `nokd80`")
-    assert t1.endswith("| -4.0, -4.0, -3.5 |")              # 80 - 84, 81 - 85, 82.5 - 86, seed by seed
+    assert "| -4.0, -4.0, -3.5 | 3 |" in t1                # 80 - 84, 81 - 85, 82.5 - 86, seed by seed
+    assert "one seed: no spread" in row_of(g, "`gmp80-b2` − `nokd80-b2`")
+    assert "| +1.00 |" in row_of(g, "`gmp80-b2` − `gmp80-b1`")                       # a longer schedule
+    short = tables["short-budget"]
+    assert "| 76.33 ± 1.53 | -9.67 ± 0.58 | 3 |" in row_of(short, "188 steps (½", "| 80% |")
+    assert "| 83.00 (1 seed) | -2.00 (1 seed) | 1 |" in row_of(short, "with oBERT", "| 80% |")
     oneshot = row_of(tables["oneshot"], "AdamW (the teachers) | GMP, one shot")
     assert "| 85.0 (1 seed) | 82.0 (1 seed) | 76.0 (1 seed) | 70.0 (1 seed) | 52.0 (1 seed) | 0.3–0.3 | 1 |" in oneshot
-    assert row_of(tables["oneshot"], "gradual GMP").endswith("|  | 3 |")         # 3 seeds at both sparsities
-    assert row_of(tables["oneshot"], "gradual oBERT").endswith("| 83.0 (1 seed) | not run |  | 1 / 0 |")
-    assert "one seed: no spread" in row_of(tables["guidelines"], "`obert80` − `gmp80`")
-    obert = row_of(tables["oneshot"], "AdamW (the teachers) | oBERT")
-    assert "| Fisher once: 150–150; then 2.0–2.0 | 1 |" in obert
+    assert "| Fisher once: 150–150; then 2.0–2.0 | 1 |" in row_of(tables["oneshot"], "AdamW (the teachers) | oBERT")
     # speed-ups are per seed (student seconds): plain/grouped = 300/100, 330/110, 270/90 = 3.0 each;
     # over the 2 seeds with a sparse run, plain/sparse = 300/80, 330/88 = 3.75 and grouped/sparse = 1.25
     sparse = row_of(tables["wall"], "`--sparse-backprop`")
     assert "| 3.75× ± 0.00 (2 seeds) | 1.25× ± 0.00 (2 seeds) | 2 |" in sparse
-    grouped = row_of(tables["wall"], "grouped by length (the default)")
-    assert "| 100.0 ± 10.0 |" in grouped and "| 3.00× ± 0.00 |  | 3 |" in grouped
-    soft = row_of(tables["softmax"], "good")
-    assert "“good \\| fun” | 1 | 0.900 | 0.750 | 0.600 |" in soft        # a | in a cell is escaped
-    # teachers 3 x 60 s; students 3 + 2 + 3 + 3 + 1 + 3 + 3 + 2 runs; one-shot 2 x 60 s; the softmax fixture has no time
-    assert "| gradual pruning (students) | 21 |" in tables["compute"] and "| all | 26 |" in tables["compute"]
-    assert "| dense teachers | 3 | 3.0 |" in tables["compute"] and "| one-shot pruning | 2 | 2.0 |" in tables["compute"]
+    assert "“good \\| fun” | 1 | 0.900 | 0.750 | 0.600 |" in row_of(tables["softmax"], "good")   # | escaped
+    # this miniature: teachers 3 x 60 s; students 3 + 3 + 2 + 3 + 3 + 1 + 1 = 16; the softmax has no time
+    assert "| dense teachers | 3 | 3.0 |" in tables["compute"] and "| gradual pruning (students) | 16 |" in tables["compute"]
     assert "| masked vs dense step, MiniLM (median s) | 0.5668 | 0.5587 | 1.014 | <= 1.05 |" in tables["bench-cpu"]
     assert "| global threshold, 302M weights (s) | 7.231 |  |  | info |" in tables["bench-cpu"]
+
+
+def test_without_a_chosen_budget_the_chosen_rows_say_so(fixtures, monkeypatch):
+    monkeypatch.setattr(table.runs, "CHOSEN_BUDGET", None)
+    tables = table.render(fixtures)
+    assert tables["guidelines"].startswith("not run") and tables["sst2"].startswith("not run")
 
 
 def test_paste_replaces_only_marked_tables(fixtures):
