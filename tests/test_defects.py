@@ -20,7 +20,7 @@ import data
 import rundir
 import train
 from conftest import TINY_VOCAB, save_tiny
-from test_safety import FIX, ROOT, base_args, refused, snapshot
+from test_safety import FIX, ROOT, base_args, finished, refused, run_copy, snapshot   # noqa: F401 (fixtures)
 
 
 def kd_args(model, out, *extra, teacher=None):
@@ -36,19 +36,6 @@ def model_copy(src: Path, dst: Path, **config) -> Path:
     cfg = json.loads((dst / "config.json").read_text())
     (dst / "config.json").write_text(json.dumps({**cfg, **config}))
     return dst
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_bert_with_vocab):
-    out = tmp_path_factory.mktemp("finished22") / "run"
-    train.main(base_args(tiny_bert_with_vocab, out))
-    return out
-
-
-@pytest.fixture
-def run_copy(finished, tmp_path):
-    shutil.copytree(finished, tmp_path / "run")
-    return tmp_path / "run"
 
 
 @pytest.fixture(scope="module")
