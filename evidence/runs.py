@@ -175,6 +175,30 @@ def run(name: str, cmd: list[str], M: str) -> dict:
             "machine": machine(), "command_seconds": seconds, **record}
 
 
+def needed_models(cmd: list[str]) -> list[Path]:
+    """The folders under RUNS that a command reads a model from (--teacher, --model, softmax's --model)."""
+    return [Path(cmd[i + 1]) for i, x in enumerate(cmd[:-1])
+            if x in ("--teacher", "--model") and Path(cmd[i + 1]).parts[:2] == RUNS.parts]
+
+
+def rebuild(model: Path, todo: dict, M: str):
+    """Remake a finished run's model that this machine lacks (runs/ is never committed, so a new
+    machine has no teachers), and check that it is the run on record: training is deterministic on a
+    CPU, so its accuracies must equal the results file's to the last digit, or the rows made from
+    the recorded run and from this one would not be comparable; then stop, and say so."""
+    name = model.relative_to(RUNS).parts[0]
+    if name not in todo:
+        sys.exit(f"{model} is missing and no row of runs.py makes it: run the row that writes it.")
+    print(f"\n{model} is missing: re-running {name} to remake it", flush=True)
+    remade = run(name, todo[name], M)
+    recorded = json.loads((RESULTS / f"{name}.json").read_text())
+    for key in ("metric", "holdout_metric"):
+        if remade.get(key) != recorded.get(key):
+            sys.exit(f"{name} re-run gave {key} {remade.get(key)}, its results file {recorded.get(key)}: the code "
+                     f"or the data differ from the recorded run; its students cannot be continued on this model.")
+    print(f"{name}: the same accuracies as its results file ({recorded['metric']}), to the last digit", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,11 +209,15 @@ def main():
     args = p.parse_args()
     M = model_path()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name, cmd in rows(M, args.data_dir):
+    every = rows(M, args.data_dir)
+    for name, cmd in every:
         done = (RESULTS / f"{name}.json").is_file()
         if args.list:
             print(f"{'done' if done else 'todo'}  {name:22} {shell(cmd, M)}")
         elif not done and re.search(args.only, name):
+            for model in needed_models(cmd):
+                if not (ROOT / model).is_dir():
+                    rebuild(model, dict(every), M)
             record = run(name, cmd, M)
             tmp = RESULTS / f"{name}.json.tmp"            # whole or absent: a half-written file is never 'done'
             tmp.write_text(json.dumps(record, indent=1) + "\n")
