@@ -34,6 +34,10 @@ own rule). A routed Linear computes with the same weight tensor through `SparseL
 evaluation goes through the same kernels. The index changes only when the masks do, so it is
 built there, and on resume, where `follow` repeats the checkpoint's choices without timing.
 
+At inference (`python sparse.py MODEL`), `route_inference` chooses per matrix among dense, PyTorch's
+CSR product and SparseProp's forward: each timed on the batch's token count, in interleaved rounds,
+the median kept, and a sparse kernel taken only when it beats dense by ROUTE_MARGIN (5%).
+
     pip install pybind11 && pip install --no-build-isolation sparseprop==0.1.14
 """
 import os
@@ -129,8 +133,11 @@ def use_sparse(linear, index: CSRIndex):
     linear.forward = types.MethodType(sparse_forward, linear)     # this instance only; its weight is unchanged
 
 
+KERNEL_STATE = ("forward", "csr", "csr_weight", "kernel")     # what use_sparse / use_csr set on a Linear
+
+
 def use_dense(linear):
-    for name in ("forward", "csr", "csr_weight", "kernel"):
+    for name in KERNEL_STATE:
         vars(linear).pop(name, None)
 
 
@@ -197,18 +204,32 @@ def unroute(model):
 #
 # Which wins depends on the matrix's sparsity and shape and on T, the tokens of a batch (one
 # sentence or a serving batch of 32), so `route_inference` times each candidate on T random
-# tokens and keeps the fastest, as `route` does for training. The weights themselves are
-# unchanged: a CSR copy of W is built once (inference only: it does not follow later updates).
+# tokens, the kernels in turns, and leaves dense only for a sparse kernel that is clearly faster
+# (ROUTE_MARGIN). Every kernel returns its output row-major and contiguous, so that what the
+# model does next costs the same whichever kernel ran, and the layout work a kernel needs is
+# inside the time it is judged by. The weights themselves are unchanged: a CSR copy of W is
+# built once (inference only: it does not follow later updates).
 
 KERNELS = ("dense", "csr", "sparseprop")
+ROUTE_MARGIN = 0.05           # a sparse kernel replaces dense only if at least 5% faster than it
 
 
 def csr_forward(linear, x):
-    """y = x Wᵀ + b as yᵀ = W_csr xᵀ: (..., in) -> (..., out)."""
+    """y = x Wᵀ + b as yᵀ = W_csr xᵀ + b: (..., in) -> (..., out), contiguous.
+
+    MKL's product gives yᵀ (out, T); its transpose is a column-major view, and everything after
+    the Linear (the residual add, LayerNorm, the next Linear, attention's reshapes) reads it
+    row-major: over a strided view they ran slower, which no per-matrix timing saw (measured at
+    batch 32: the all-CSR model 13-90 ms slower than its matrices' times predicted, and routing
+    chose CSR on margins that this cost erased). So the transpose is copied here, inside the
+    kernel's timed work. The bias is added by addmm into yᵀ first: that and one copy was the
+    cheapest of the layouts measured (a transpose copy and then the bias add cost more)."""
     flat = x.reshape(-1, linear.in_features)                                  # (T, in)
-    y = torch.sparse.mm(linear.csr_weight, flat.t()).t()                      # (out, T) -> (T, out)
     if linear.bias is not None:
-        y = y + linear.bias
+        yt = torch.addmm(linear.bias.unsqueeze(1), linear.csr_weight, flat.t())   # (out, T), + b per row
+    else:
+        yt = torch.sparse.mm(linear.csr_weight, flat.t())                     # (out, T)
+    y = yt.t().contiguous()                                                   # (T, out), row-major
     return y.reshape(*x.shape[:-1], linear.out_features)                      # (..., out)
 
 
@@ -228,6 +249,16 @@ def use_kernel(linear, kernel: str):
         use_sparse(linear, csr_index(linear.weight.detach() != 0))
 
 
+def kernel_state(linear) -> dict:
+    """What `use_kernel` set on this Linear, to switch back to it without building its index again."""
+    return {k: vars(linear)[k] for k in KERNEL_STATE if k in vars(linear)}
+
+
+def restore_kernel(linear, state: dict):
+    use_dense(linear)
+    vars(linear).update(state)
+
+
 def available_kernels() -> tuple:
     """The kernels this machine has: SparseProp only where `pip install sparseprop` was done."""
     try:
@@ -238,22 +269,41 @@ def available_kernels() -> tuple:
 
 
 @torch.no_grad()
-def time_forward(linear, x, repeats: int) -> float:
-    """The fastest of `repeats` forward passes of one Linear on x, in seconds (one warm-up first)."""
+def time_forward(linear, x) -> float:
+    """Seconds of one forward pass of one Linear on x, its output's layout work included."""
+    t = time.perf_counter()
     linear(x)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        linear(x)
-        best = min(best, time.perf_counter() - t)
-    return best
+    return time.perf_counter() - t
+
+
+def choose_kernel(seconds: dict, margin: float = ROUTE_MARGIN) -> str:
+    """The kernel to run, from {kernel: seconds}: the fastest sparse kernel if it beats dense by at
+    least `margin` (its time at most (1 - margin) x dense's), else dense; without a dense timing,
+    the fastest timed."""
+    if "dense" not in seconds:
+        return min(seconds, key=seconds.get)
+    sparse_times = {k: t for k, t in seconds.items() if k != "dense"}
+    best = min(sparse_times, key=sparse_times.get, default="dense")
+    return best if best != "dense" and sparse_times[best] <= (1 - margin) * seconds["dense"] else "dense"
 
 
 @torch.no_grad()
-def route_inference(model, names, tokens: int, candidates=None, repeats: int = 5) -> dict:
+def route_inference(model, names, tokens: int, candidates=None, repeats: int = 5,
+                    margin: float = ROUTE_MARGIN) -> dict:
     """Send each Linear `names` names (weight names) through the fastest of `candidates` on `tokens`
-    random tokens; returns {name: {"kernel": chosen, "seconds": {kernel: time}, "sparsity": s}}. A
-    kernel is chosen only if it was timed: a dense matrix (no zeros) is timed dense only."""
+    random tokens; returns {name: {"kernel": chosen, "seconds": {kernel: time}, "sparsity": s,
+    "shape": (out, in)}}.
+
+    How it times: each candidate's index is built once; then, per matrix, `repeats` rounds (after
+    one warm-up round) each run every candidate's forward once, the candidates in turns, their order
+    rotating each round, so that the machine's drift and cache state hit all alike (as `latencies`
+    does for whole models). A kernel's time is the median of its rounds; that time includes the
+    layout work its output needs (every kernel returns row-major, contiguous output).
+
+    How it chooses (`choose_kernel`): dense is the reference (the unchanged weights, no extra
+    index), so a sparse kernel replaces it only if it is at least `margin` (default 5%) faster: a
+    near-tie, which timing noise would decide, stays dense. A kernel is chosen only if it was
+    timed: a dense matrix (no zeros) is timed dense only."""
     candidates = candidates or available_kernels()
     profile = {}
     g = torch.Generator().manual_seed(0)               # its own: the global RNG is left alone
@@ -261,12 +311,20 @@ def route_inference(model, names, tokens: int, candidates=None, repeats: int = 5
         linear = model.get_submodule(name.rsplit(".", 1)[0])
         x = torch.randn(tokens, linear.in_features, generator=g)
         sparsity = float((linear.weight == 0).float().mean())
-        seconds = {}
+        states = {}
         for kernel in candidates if sparsity > 0 else ("dense",):
             use_kernel(linear, kernel)
-            seconds[kernel] = time_forward(linear, x, repeats)
-        best = min(seconds, key=seconds.get)
-        use_kernel(linear, best)
+            states[kernel] = kernel_state(linear)
+        order, times = list(states), {k: [] for k in states}
+        for r in range(repeats + 1):
+            for kernel in order[r % len(order):] + order[: r % len(order)]:
+                restore_kernel(linear, states[kernel])
+                seconds = time_forward(linear, x)
+                if r:                                                    # round 0 warms every kernel up
+                    times[kernel].append(seconds)
+        seconds = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        best = choose_kernel(seconds, margin)
+        restore_kernel(linear, states[best])
         profile[name] = {"kernel": best, "seconds": seconds, "sparsity": sparsity, "shape": tuple(linear.weight.shape)}
     return profile
 
@@ -426,17 +484,19 @@ def main(argv=None):
                                                          "and a serving batch)")
     ap.add_argument("--examples", type=int, default=64, help="inputs per timing round (default 64)")
     ap.add_argument("--repeats", type=int, default=20, help="timing rounds; the median is kept (default 20)")
-    ap.add_argument("--route-repeats", type=int, default=5, help="timings per kernel per matrix (default 5)")
+    ap.add_argument("--route-repeats", type=int, default=5, help="timing rounds per matrix for the fastest-per-matrix "
+                                                               "routing, each kernel once per round in turns; the "
+                                                               "median is kept (default 5)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ap.add_argument("--out", help="also write the table here (with the command, commit and machine on top)")
     args = ap.parse_args(argv)
     try:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        if min(args.batch_sizes) < 1 or args.examples < 1 or args.repeats < 1 or args.seq_len < 2:
+        if min(args.batch_sizes) < 1 or min(args.examples, args.repeats, args.route_repeats) < 1 or args.seq_len < 2:
             raise ValueError
     except ValueError:
-        ap.exit(2, f"sparse.py: --batch-sizes, --examples, --repeats and --seq-len must be whole numbers of at least "
-                   f"1 (2 tokens), got {args.batch_sizes!r}.\n")
+        ap.exit(2, f"sparse.py: --batch-sizes, --examples, --repeats, --route-repeats and --seq-len must be whole "
+                   f"numbers of at least 1 (2 tokens), got {args.batch_sizes!r}.\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     lines = header(argv if argv is not None else sys.argv[1:])
@@ -452,7 +512,11 @@ def main(argv=None):
         profiles += profile
         sizes.append(storage(folder))
         print("\n".join("\t".join(r) for r in rows), flush=True)
-    lines += ["# storage: " + "\t".join(s) for s in sizes] + profiles
+    lines += ["# storage: " + "\t".join(s) for s in sizes]
+    lines.append(f"# routing (fastest per matrix): each matrix's kernels timed on the batch's token count in "
+                 f"{args.route_repeats} interleaved rounds (after a warm-up), the median kept; a sparse kernel "
+                 f"replaces dense only if at least {ROUTE_MARGIN:.0%} faster")
+    lines += profiles
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(l for l in lines if l.startswith("# storage")))

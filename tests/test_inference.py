@@ -34,9 +34,22 @@ def test_csr_linear_equals_the_dense_masked_linear(shape, sparsity, bias, dims):
     with torch.no_grad():
         got = linear(x)
     assert linear.kernel == "csr" and got.shape == want.shape
+    assert got.is_contiguous()                  # row-major, as what follows the Linear reads it
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
     sparse.use_dense(linear)
     assert "forward" not in vars(linear) and "csr_weight" not in vars(linear)
+
+
+@pytest.mark.parametrize("kernel", sparse.available_kernels())
+def test_every_inference_kernel_returns_row_major_output(kernel):
+    """What follows a Linear reads its output row-major; routing times each kernel's layout work."""
+    m = one_linear()
+    x = torch.randn(2, 7, 64)
+    sparse.use_kernel(m[0], kernel)
+    with torch.no_grad():
+        y = m(x)
+    assert vars(m[0]).get("kernel", "dense") == kernel and y.is_contiguous() and y.shape == (2, 7, 32)
+    assert torch.allclose(y, F.linear(x, m[0].weight, m[0].bias), atol=1e-5)
 
 
 def tiny_pruned(folder: Path, sparsity: float) -> Path:
@@ -56,18 +69,19 @@ def test_routing_chooses_only_kernels_it_timed(tmp_path, monkeypatch):
         m.get_parameter(names[0]).fill_(0.5)
     timed, time_forward = {}, sparse.time_forward
 
-    def recorded(linear, x, repeats):
+    def recorded(linear, x):
         timed.setdefault(id(linear), []).append(vars(linear).get("kernel", "dense"))
-        return time_forward(linear, x, repeats)
+        return time_forward(linear, x)
     monkeypatch.setattr(sparse, "time_forward", recorded)
-    for candidates in (("dense", "csr"), sparse.available_kernels()):
+    for candidates in (("dense", "csr"), sparse.available_kernels(), ("csr", "dense")):
         timed.clear()
         chosen = sparse.route_inference(m, names, 40, candidates, repeats=2)
         for n, p in chosen.items():
             linear = m.get_submodule(n.rsplit(".", 1)[0])
             assert p["kernel"] in timed[id(linear)] and set(p["seconds"]) == set(timed[id(linear)])
             assert vars(linear).get("kernel", "dense") == p["kernel"]
-        assert timed[id(m.get_submodule(names[0].rsplit(".", 1)[0]))] == ["dense"]
+            assert all(timed[id(linear)].count(k) == 3 for k in p["seconds"])      # a warm-up and 2 rounds each
+        assert set(timed[id(m.get_submodule(names[0].rsplit(".", 1)[0]))]) == {"dense"}
         assert all(set(k) <= set(candidates) for k in timed.values())
     with torch.no_grad():                                   # routed outputs equal the dense model's
         ids = torch.randint(5, 99, (2, 9))
@@ -75,6 +89,66 @@ def test_routing_chooses_only_kernels_it_timed(tmp_path, monkeypatch):
         with torch.no_grad():
             dense.get_parameter(names[0]).fill_(0.5)
         assert torch.allclose(m(ids, torch.ones_like(ids)), dense(ids, torch.ones_like(ids)), atol=1e-5)
+
+
+def fake_times(monkeypatch, ms: dict, log: list | None = None):
+    """time_forward replaced: each kernel's n-th timing is ms[kernel][n % len]; every call logged."""
+    calls = {}
+
+    def fake(linear, x):
+        k = vars(linear).get("kernel", "dense")
+        if log is not None:
+            log.append(k)
+        n = calls[k] = calls.get(k, -1) + 1
+        return ms[k][n % len(ms[k])] / 1e3
+    monkeypatch.setattr(sparse, "time_forward", fake)
+
+
+def one_linear(sparsity=0.9):
+    linear = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(32, 64, generator=torch.Generator().manual_seed(0)) >= sparsity)
+    return torch.nn.Sequential(linear)
+
+
+@pytest.mark.parametrize("ms, want", [
+    ({"dense": [10], "csr": [9.6], "sparseprop": [9.7]}, "dense"),           # 4% faster: a near-tie stays dense
+    ({"dense": [10], "csr": [9.5], "sparseprop": [9.7]}, "csr"),             # 5%: enough
+    ({"dense": [10], "csr": [9], "sparseprop": [6]}, "sparseprop"),          # the fastest sparse kernel
+    ({"dense": [10], "csr": [20], "sparseprop": [11]}, "dense"),
+    # the median of the rounds, not one lucky timing: csr's one fast round (warm-up's 50 not counted)
+    ({"dense": [50, 10, 10, 10], "csr": [50, 1, 12, 12], "sparseprop": [50, 20, 20, 20]}, "dense"),
+])
+def test_routing_takes_a_sparse_kernel_only_when_it_beats_dense_by_the_margin(monkeypatch, ms, want):
+    if "sparseprop" not in sparse.available_kernels():
+        ms = {k: v for k, v in ms.items() if k != "sparseprop"}
+        want = "dense" if want == "sparseprop" else want
+    fake_times(monkeypatch, ms)
+    m = one_linear()
+    p = sparse.route_inference(m, ["0.weight"], 16, tuple(ms), repeats=3)["0.weight"]
+    assert p["kernel"] == want and vars(m[0]).get("kernel", "dense") == want
+    rounds = {k: [v[n % len(v)] for n in range(1, 4)] for k, v in ms.items()}           # after the warm-up
+    assert p["seconds"] == {k: sorted(v)[1] / 1e3 for k, v in rounds.items()}            # their medians
+
+
+def test_routing_without_dense_takes_the_fastest_timed():
+    assert sparse.choose_kernel({"csr": 1.0, "sparseprop": 0.99}) == "sparseprop"
+    assert sparse.choose_kernel({"dense": 1.0}) == "dense"
+    assert sparse.choose_kernel({"dense": 1.0, "csr": 0.9}, margin=0.2) == "dense"
+
+
+def test_routing_times_the_kernels_in_turns_their_order_rotating(monkeypatch):
+    log, kernels = [], ("dense", "csr")
+    fake_times(monkeypatch, {"dense": [1], "csr": [1]}, log)
+    built = []
+    monkeypatch.setattr(sparse, "use_csr", lambda linear, f=sparse.use_csr: (built.append(1), f(linear)))
+    m = one_linear()
+    sparse.route_inference(m, ["0.weight"], 16, kernels, repeats=3)
+    assert log == ["dense", "csr", "csr", "dense", "dense", "csr", "csr", "dense"]     # warm-up round, then 3
+    assert len(built) == 1                                      # the CSR copy is built once, not every round
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        assert torch.allclose(m(x), F.linear(x, m[0].weight, m[0].bias), atol=1e-5)
 
 
 def test_the_command_times_a_tiny_exported_model_and_prints_every_row(tmp_path):
@@ -94,6 +168,7 @@ def test_the_command_times_a_tiny_exported_model_and_prints_every_row(tmp_path):
     for r in table:
         assert r[1] == "0.9000" and r[6].endswith("x") and float(r[7]) <= 1e-5       # outputs as dense's
     assert any(l.startswith("# storage: model") for l in lines) and any(l.startswith("# profile model") for l in lines)
+    assert any(l.startswith("# routing") and "1 interleaved rounds" in l for l in lines)
 
 
 def test_the_command_refuses_a_folder_that_is_not_a_model(tmp_path):
