@@ -4,8 +4,10 @@
   the student's budget (in teacher budgets), dev and held-out, mean ± std over seeds, with the
   dense teachers' band: how much of the teacher's accuracy a longer schedule recovers;
 - cycles.png: what happens during pruning: the dev accuracy at the end of every pruning cycle
-  (train.py's log, kept in each results file) for the recipe and the naive cubic at the chosen
-  budget, against the sparsity then in force;
+  (train.py's log, kept in each results file) and of the run, mean ± std over seeds, for the recipe
+  and the naive cubic at 80% and 90% at the chosen budget, with the dense teachers' band and the
+  recipe's sparsity in each cycle; steps and labels come from the records (their cycle_evals and
+  resolved arguments), not from constants;
 - schedules.png: the sparsity and learning-rate schedules of the recipe (a jump to 30%, the first
   jump for MiniLM's 6 layers, then the cubic) against the naive cubic from zero, as
   `python schedule.py --sparsity 0.9 --steps N --init-sparsity 0.3 [--schedule cubic]` prints them;
@@ -29,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from schedule import Schedule     # noqa: E402
-from table import load, seeds_of, accuracy, mean_std, RESULTS   # noqa: E402
+from table import load, seeds_of, mean_std, RESULTS   # noqa: E402
 import runs                       # noqa: E402
 
 OUT = HERE / "figures"
@@ -65,29 +67,71 @@ def recovery_figure(res, path):
     plt.close(fig)
 
 
+def total_steps(record) -> int:
+    """A student's optimizer steps, from its record: its last cycle ends at t_end (schedule.py's
+    end_frac of the run), which gives the steps per epoch to the nearest step; times its epochs."""
+    epochs = record["args"]["epochs"]
+    per_epoch = round(record["cycle_evals"][-1]["step"] / (Schedule.end_frac * epochs))
+    return round(per_epoch * epochs)
+
+
+def schedule_label(args) -> str:
+    """The schedule a record's resolved arguments ran: 'accelerated from 30%' or 'naive cubic from zero'."""
+    if args.get("schedule") == "cubic":
+        return "naive cubic from zero"
+    return f"accelerated from {args['init_sparsity']:.0%}"
+
+
+def band(ax, xs, values, style, label, color=None):
+    """The mean over seeds as a line, with a mean ± std band where there is more than one seed."""
+    stats = [mean_std(v) for v in values]
+    ms = [m for m, _ in stats]
+    line, = ax.plot(xs, ms, style, markersize=4, label=label, color=color)
+    if min(len(v) for v in values) > 1:
+        ax.fill_between(xs, [m - sd for m, sd in stats], [m + sd for m, sd in stats], color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    return line
+
+
 def cycles_figure(res, path):
-    """Mean over seeds of the dev accuracy at each cycle's end, the recipe against the naive cubic."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.4), sharey=True)
+    """The dev accuracy at each cycle's end and at the run's end, mean over seeds (± std as a band
+    with more than one seed), the recipe against the naive cubic, at 80% and 90% and the chosen budget."""
+    B = runs.CHOSEN_BUDGET
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
+    teacher = [r["metric"]["accuracy"] for r in seeds_of(res, "teacher")]
     for ax, p in zip(axes, ("80", "90")):
-        for name, label, style in (("gmp", "the recipe (from 30%)", "-o"), ("cubic", "naive cubic from zero", "--s")):
-            records = seeds_of(res, f"{name}{p}-b{runs.CHOSEN_BUDGET}")
-            evals = [r["cycle_evals"] for r in records if r.get("cycle_evals")]
-            if not evals:
+        if teacher:
+            m, sd = mean_std(teacher)
+            ax.axhspan(m - sd, m + sd, color="grey", alpha=0.25, label=f"dense teachers (mean ± std, {len(teacher)} seeds)")
+            ax.axhline(m, color="grey", linewidth=0.8)
+        total, drawn = None, False
+        for name, style in (("gmp", "-o"), ("cubic", "--s")):
+            records = [r for r in seeds_of(res, f"{name}{p}-b{B}") if r.get("cycle_evals") and r.get("args")]
+            if not records:
                 continue
-            n = min(len(e) for e in evals)
-            steps = [evals[0][i]["step"] for i in range(n)]
-            accs = [mean_std([e[i]["accuracy"] for e in evals])[0] for i in range(n)]
-            total = runs.TEACHER_EPOCHS * 188 * runs.CHOSEN_BUDGET           # the end: the exported model
-            ax.plot(steps + [total], accs + [mean_std(accuracy(records))[0]], style, markersize=4, label=label)
-            if name == "gmp":
-                for x, e in zip(steps, evals[0][:n]):
-                    ax.annotate(f"{e['sparsity']:.2f}", (x, 51), fontsize=6, ha="center", color="tab:blue")
-        ax.set_title(f"target {p}%: accuracy after each pruning cycle", fontsize=9)
-        ax.set_xlabel(f"optimizer step (budget {runs.CHOSEN_BUDGET}); blue: the recipe's sparsity in the cycle",
-                      fontsize=8)
+            n = min(len(r["cycle_evals"]) for r in records)
+            total = total_steps(records[0])
+            steps = [e["step"] for e in records[0]["cycle_evals"][:n]] + [total]     # the end: the exported model
+            values = [[r["cycle_evals"][i]["accuracy"] for r in records] for i in range(n)]
+            values.append([r["metric"]["accuracy"] for r in records])
+            what = "the recipe: " if name == "gmp" else ""
+            seeds = f"{len(records)} seed{'s' * (len(records) > 1)}"
+            line = band(ax, steps, values, style, f"{what}{schedule_label(records[0]['args'])} ({seeds})")
+            drawn = True
+            if name == "gmp":   # the recipe's sparsity in force during each cycle, along the axis' foot
+                for e in records[0]["cycle_evals"][:n]:
+                    ax.annotate(f"{e['sparsity']:.2f}", (e["step"], 0.02), xycoords=("data", "axes fraction"),
+                                fontsize=6, ha="center", color=line.get_color())
+        if not drawn:
+            ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center", color="grey")
+        ax.set_title(f"target {p}%: dev accuracy after each pruning cycle", fontsize=9)
+        ax.set_xlabel(f"optimizer step ({total} in all); at the foot: the recipe's sparsity" if total
+                      else "optimizer step", fontsize=8)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))   # below: clear of the curves
     axes[0].set_ylabel("SST-2 dev accuracy (%)")
-    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"MiniLM, SST-2 miniature: accuracy during pruning at the chosen budget ({B} teacher budgets)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -10,11 +10,16 @@ what-sparsity-buys sections, each between two markers that the README carries:
     <!-- /table -->
 
 A cell over seeds is their mean ± the sample standard deviation (n - 1 in the denominator) and,
-where fewer than 3 seeds have finished, the count. A guideline's difference is called *shown*
-only when it exceeds the spread, the two rows' standard deviations added: |mean_a - mean_b| >
-std_a + std_b (their mean ± std ranges do not overlap); its sign says for or against the paper.
-The guidelines' table also lists the differences seed by seed (the same seed's two runs share a
-teacher and a data order). A speed-up is a ratio of wall times taken per seed, then averaged.
+where other than runs.SEEDS' 3 seeds have finished (fewer so far, or the 5 of runs.FIVE_SEEDS'
+rows), the count. A guideline compares two rows over the seeds both have finished, and only
+those (the same seed's two runs share a teacher and a data order; a row's extra seeds would
+bring in teachers the other row never had): its difference is mean_a - mean_b over the shared
+seeds, which equals the mean of the per-seed differences, and it is called *shown* only when it
+exceeds the spread, the two rows' standard deviations over those same seeds added: |mean_a -
+mean_b| > std_a + std_b (their mean ± std ranges do not overlap); its sign says for or against
+the paper. Its "seeds" column counts the shared seeds, and the table lists the differences seed
+by seed too. The held-out difference is taken alike, over the seeds both rows have a held-out
+accuracy for. A speed-up is a ratio of wall times taken per seed, then averaged.
 
     python evidence/table.py                    # print every table
     python evidence/table.py --write README.md  # paste them between the README's markers
@@ -33,7 +38,7 @@ import prune                      # noqa: E402  (the parameter and FLOP counts)
 import runs                       # noqa: E402  (the budgets, and the budget the study chose)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SEEDS = 3
+SEEDS = len(runs.SEEDS)            # a row's usual seed count; a cell with any other count says it
 MARK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
@@ -52,12 +57,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def cell(values: list[float], digits: int = 2) -> str:
-    """'80.16 ± 0.42', or with fewer than SEEDS values '80.16 ± 0.42 (2 seeds)'; 'not run' for none."""
+    """'80.16 ± 0.42'; with other than SEEDS values the count, '80.16 ± 0.42 (2 seeds)' or
+    '80.16 ± 0.42 (5 seeds)'; 'not run' for none."""
     if not values:
         return "not run"
     m, s = mean_std(values)
     text = f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
-    return text + (f" ({len(values)} seed{'s' * (len(values) > 1)})" if len(values) < SEEDS else "")
+    return text + (f" ({len(values)} seed{'s' * (len(values) > 1)})" if len(values) != SEEDS else "")
 
 
 def accuracy(records: list[dict]) -> list[float]:
@@ -129,21 +135,32 @@ CHOSEN_ROWS = [   # (label, run name with {p}) at the chosen budget
 ]
 
 
+def teacher_gaps(res: dict, records: list[dict]) -> list[float]:
+    """Each seed's dev accuracy minus its teacher's: the teacher_metric train.py recorded in the same
+    results file (the teacher it distilled from), or for a run without a teacher (no KD) the dev
+    accuracy of its seed's teacher run, the teacher its KD siblings of that seed distilled from."""
+    teacher = by_seed(seeds_of(res, "teacher"))
+    return [r["metric"]["accuracy"] - (r["teacher_metric"]["accuracy"] if r.get("teacher_metric")
+                                       else teacher[r["seed"]])
+            for r in records if r.get("teacher_metric") or r["seed"] in teacher]
+
+
 def chosen_table(res: dict) -> str:
     if runs.CHOSEN_BUDGET is None:
         return "not run: the budget study chooses the budget first"
     rows = []
     t = seeds_of(res, "teacher")
-    rows.append(["dense fine-tuned teacher (1 teacher budget)", "0%", cell(accuracy(t)), cell(holdout(t)),
+    rows.append(["dense fine-tuned teacher (1 teacher budget)", "0%", cell(accuracy(t)), "", cell(holdout(t)),
                  str(len(t)), minutes(t), cell([r["peak_memory_gb"] for r in t], 2)])
     for p in ("50", "70", "80", "90"):
         for label, name in CHOSEN_ROWS:
             r = seeds_of(res, at_budget(name, p))
             if r or p in ("80", "90"):
-                rows.append([label, f"{p}%", cell(accuracy(r)), cell(holdout(r)), str(len(r)), minutes(r),
-                             cell([x["peak_memory_gb"] for x in r], 2) if r else ""])
-    return table(["run", "encoder sparsity", "dev accuracy", "held-out accuracy", "seeds", "minutes per run",
-                  "peak GB"], rows, "llrrrrr")
+                gap = teacher_gaps(res, r)
+                rows.append([label, f"{p}%", cell(accuracy(r)), cell(gap) if gap else "", cell(holdout(r)), str(len(r)),
+                             minutes(r), cell([x["peak_memory_gb"] for x in r], 2) if r else ""])
+    return table(["run", "encoder sparsity", "dev accuracy", "minus its teacher, dev", "held-out accuracy", "seeds",
+                  "minutes per run", "peak GB"], rows, "llrrrrrr")
 
 
 COMPARISONS = [   # (guideline, what the paper says wins, what it beats, at); names at the chosen budget
@@ -159,10 +176,20 @@ COMPARISONS = [   # (guideline, what the paper says wins, what it beats, at); na
 ]
 
 
-def verdict(a: list[float], b: list[float]) -> tuple[str, str, str]:
-    """(difference, spread, shown?) for 'a beats b': shown when |mean a - mean b| > std a + std b."""
+def paired(ra: list[dict], rb: list[dict], key: str = "metric") -> tuple[list[float], list[float]]:
+    """The two rows' accuracies (key: dev or held-out) over the seeds both have, in seed order: the
+    same seed's two runs share a teacher and a data order."""
+    a, b = by_seed(ra, key), by_seed(rb, key)
+    shared = sorted(set(a) & set(b))
+    return [a[k] for k in shared], [b[k] for k in shared]
+
+
+def verdict(a: list[float], b: list[float], ran: bool = True) -> tuple[str, str, str]:
+    """(difference, spread, shown?) for 'a beats b', a and b paired seed by seed (`paired`): shown
+    when |mean a - mean b| > std a + std b. ran: both rows have runs (then no values means no
+    seed in common)."""
     if not a or not b:
-        return "", "", "not run"
+        return "", "", "no seed in common" if ran else "not run"
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     d, spread = ma - mb, sa + sb
     if min(len(a), len(b)) < 2:
@@ -180,7 +207,8 @@ def per_seed(res: dict, a: str, b: str) -> str:
 
 
 SHORT = {"no: within the spread": "within the spread", "**yes, as the paper says**": "shown, as the paper says",
-         "**yes, against the paper**": "shown, against the paper", "one seed: no spread": "one seed"}
+         "**yes, against the paper**": "shown, against the paper", "one seed: no spread": "one seed",
+         "no seed in common": "no seed in common"}
 
 
 def comparison_rows(res: dict, comparisons, name_at) -> list[list[str]]:
@@ -189,10 +217,11 @@ def comparison_rows(res: dict, comparisons, name_at) -> list[list[str]]:
         for p in at:
             a, b = name_at(win, p), name_at(lose, p)
             ra, rb = seeds_of(res, a), seeds_of(res, b)
-            d, spread, shown = verdict(accuracy(ra), accuracy(rb))
-            hd, hspread, hshown = verdict(holdout(ra), holdout(rb))
+            da, db = paired(ra, rb)                            # the seeds both rows have, only
+            d, spread, shown = verdict(da, db, bool(ra and rb))
+            hd, hspread, hshown = verdict(*paired(ra, rb, "holdout_metric"))
             rows.append([guideline, f"{p}%", f"`{a}` − `{b}`", d, spread, shown, per_seed(res, a, b),
-                         f"{min(len(ra), len(rb))}", f"{hd} ({SHORT[hshown]})" if hd else ""])
+                         f"{len(da)}", f"{hd} ({SHORT[hshown]})" if hd else ""])
     return rows
 
 
@@ -204,7 +233,7 @@ def guidelines_table(res: dict) -> str:
                                    f"gmp{{p}}-b{runs.CHOSEN_BUDGET}", "gmp{p}-b1", ("80", "90"))],
                             lambda n, p: n.format(p=p))
     return table(["guideline", "at", "runs compared", "dev difference (points)", "spread (std + std)",
-                  "shown beyond the spread?", "per seed", "seeds", "held-out difference (shown?)"], rows,
+                  "shown beyond the spread?", "per seed", "seeds in common", "held-out difference (shown?)"], rows,
                  "lllrrllrl")
 
 
@@ -272,7 +301,7 @@ def speedup(res: dict, slow: str, fast: str) -> str:
         return ""
     m, s = mean_std(ratios)
     text = f"{m:.2f}× ± {s:.2f}" if len(ratios) > 1 else f"{m:.2f}×"
-    return text + (f" ({len(ratios)} seed{'s' * (len(ratios) > 1)})" if len(ratios) < SEEDS else "")
+    return text + (f" ({len(ratios)} seed{'s' * (len(ratios) > 1)})" if len(ratios) != SEEDS else "")
 
 
 def wall_table(res: dict) -> str:

@@ -30,6 +30,16 @@ def write(folder, name, accuracy, seconds=60.0, holdout=None, **extra):
     (folder / f"{name}.json").write_text(json.dumps(record))
 
 
+def cycles(total, target, kind="accelerated", accuracy=80.0):
+    """A student's cycle_evals and resolved args as runs.py records them: an eval at the end of every
+    pruning cycle of schedule.py's Schedule for `total` steps (188 per epoch)."""
+    from schedule import Schedule
+    sched = Schedule(total, target, 0.3, kind=kind)
+    evals = [{"step": b, "sparsity": round(sched.sparsity_at(b - 1), 4), "accuracy": accuracy - i % 2}
+             for i, (_, b) in enumerate(sched.cycles()[:-1])]
+    return {"cycle_evals": evals, "args": {"epochs": total / 188, "init_sparsity": 0.3, "schedule": kind}}
+
+
 @pytest.fixture
 def fixtures(tmp_path, monkeypatch):
     """This miniature's results at the top (the budget study, rows at a chosen budget of 2), the first
@@ -39,11 +49,13 @@ def fixtures(tmp_path, monkeypatch):
         write(tmp_path, f"teacher-s{k}", acc, holdout=ho)
     for k, (acc, ho) in enumerate(((80.0, 84.0), (81.0, 84.5), (82.5, 85.0))):
         write(tmp_path, f"gmp80-b1-s{k}", acc - 1, holdout=ho - 1)
-        write(tmp_path, f"gmp80-b2-s{k}", acc, holdout=ho)
+        write(tmp_path, f"gmp80-b2-s{k}", acc, holdout=ho, teacher_metric={"accuracy": 85.0 + k},
+              **cycles(752, 0.8, accuracy=acc))
     for k, acc in enumerate((50.0, 50.5)):               # 2 seeds: far below, beyond the spread
         write(tmp_path, f"embhead80-b2-s{k}", acc, holdout=50.0)
-    for k, acc in enumerate((80.5, 81.5, 82.0)):         # within the spread of the recipe
-        write(tmp_path, f"cubic80-b2-s{k}", acc, holdout=84.0)
+    for k, acc in enumerate((80.5, 81.5, 82.0)):         # within the spread of the recipe; a teacher_metric of
+        write(tmp_path, f"cubic80-b2-s{k}", acc, holdout=84.0,     # 90 (not the teacher run's): the record's wins
+              teacher_metric={"accuracy": 90.0}, **cycles(752, 0.8, "cubic", accuracy=acc))
     for k, acc in enumerate((84.0, 85.0, 86.0)):         # beats the recipe beyond the spread: against the paper
         write(tmp_path, f"t1-80-b2-s{k}", acc)
     write(tmp_path, "nokd80-b2-s0", 79.0)                 # one seed: no spread to compare with
@@ -88,20 +100,26 @@ def test_tables_from_fixture_results(fixtures):
     assert "| 84.50 ± 0.50 | -4.00 ± 0.00 | 3 |" in row_of(budget, "| 80% | 2 | 752 |")     # held-out: 84-88, ...
     assert "not run" in row_of(budget, "| 90% | 8 | 3008 |")
     assert "| 1.0 ± 0.0 |" in row_of(budget, "dense teacher")                      # 60 s of command = 1.0 minute
-    assert f"| {m:.2f} ± {s:.2f} | 84.50 ± 0.50 | 3 |" in row_of(tables["sst2"], "the recipe: GMP", "| 80% |")
-    assert "50.25 ± 0.35 (2 seeds) | 50.00 ± 0.00 (2 seeds) | 2 |" in row_of(tables["sst2"], "embeddings", "| 80% |")
-    assert "| 84.00 (1 seed) |" in row_of(tables["sst2"], "the recipe: GMP", "| 70% |")
+    sst2 = tables["sst2"]
+    # minus its teacher: each seed's dev accuracy minus the teacher_metric in its own file (85, 86, 87)
+    assert f"| {m:.2f} ± {s:.2f} | -4.83 ± 0.29 | 84.50 ± 0.50 | 3 |" in row_of(sst2, "the recipe: GMP", "| 80% |")
+    assert "| 81.33 ± 0.76 | -8.67 ± 0.76 |" in row_of(sst2, "naive cubic", "| 80% |")          # 80.5 - 90, ...
+    # no teacher_metric in the file (a run without KD): its seed's teacher run, 50 - 85 and 50.5 - 86
+    assert ("50.25 ± 0.35 (2 seeds) | -35.25 ± 0.35 (2 seeds) | 50.00 ± 0.00 (2 seeds) | 2 |"
+            in row_of(sst2, "embeddings", "| 80% |"))
+    assert "| 84.00 (1 seed) | -1.00 (1 seed) |" in row_of(sst2, "the recipe: GMP", "| 70% |")
+    assert "| 86.00 ± 1.00 |  | 88.50 ± 0.50 | 3 |" in row_of(sst2, "dense fine-tuned teacher")       # no gap
     assert not [l for l in tables["sst2"].splitlines() if "| 50% |" in l]          # a sparsity with no runs: no rows
     g = tables["guidelines"]
-    embhead = row_of(g, "`gmp80-b2` − `embhead80-b2`")
-    assert f"{m - 50.25:+.2f}" in embhead and "yes, as the paper says" in embhead and "| 2 |" in embhead
+    embhead = row_of(g, "`gmp80-b2` − `embhead80-b2`")      # over the 2 seeds both have: 80.5 - 50.25
+    assert "| +30.25 | 1.06 |" in embhead and "yes, as the paper says" in embhead and "| 2 |" in embhead
     assert "within the spread" in row_of(g, "`gmp80-b2` − `cubic80-b2`")
     assert "+0.50 (within the spread)" in row_of(g, "`gmp80-b2` − `cubic80-b2`")    # held-out 84.5 ± 0.5 vs 84.0
     assert "not run" in row_of(g, "`gmp90-b2` − `t1-90-b2`")
     t1 = row_of(g, "`gmp80-b2` − `t1-80-b2`")
     assert f"| {m - 85.0:+.2f} | {s + 1.0:.2f} |" in t1 and "against the paper" in t1
     assert "| -4.0, -4.0, -3.5 | 3 |" in t1                # 80 - 84, 81 - 85, 82.5 - 86, seed by seed
-    assert "one seed: no spread" in row_of(g, "`gmp80-b2` − `nokd80-b2`")
+    assert "| +1.00 |  | one seed: no spread | +1.0 | 1 |" in row_of(g, "`gmp80-b2` − `nokd80-b2`")   # seed 0
     assert "| +1.00 |" in row_of(g, "`gmp80-b2` − `gmp80-b1`")                       # a longer schedule
     short = tables["short-budget"]
     assert "| 76.33 ± 1.53 | -9.67 ± 0.58 | 3 |" in row_of(short, "188 steps (½", "| 80% |")
@@ -159,6 +177,8 @@ def test_every_run_is_a_valid_command_with_its_inputs_made_before_it():
     names = [name for name, _ in rows]
     assert len(names) == len(set(names))
     for i, (name, cmd) in enumerate(rows):
+        for model in runs.needed_models(cmd):              # any command's inputs (sparse.py's exports too)
+            assert model.relative_to(runs.RUNS).parts[0] in names[:i], (name, model)
         if cmd[1] != "train.py":
             continue
         args = cli.parse_args(cmd[2:])                     # every flag exists and parses
@@ -173,3 +193,142 @@ def test_schedule_figure_draws(tmp_path):
     figures = load_module("figures")
     figures.schedules_figure(tmp_path / "s.png")
     assert 0 < (tmp_path / "s.png").stat().st_size < 200_000
+
+
+def test_a_comparison_uses_only_the_seeds_both_rows_have(tmp_path, monkeypatch):
+    """gmp80-b2 has seeds 0-4, cubic80-b2 seeds 0-2 (and a held-out accuracy for 0-1 only): the
+    difference, spread and seed count are those of the shared seeds, never of a's 5 against b's 3."""
+    monkeypatch.setattr(table.runs, "CHOSEN_BUDGET", 2)
+    a, a_ho = (80.0, 81.0, 82.5, 90.0, 95.0), (84.0, 84.5, 85.0, 86.0, 87.0)
+    b, b_ho = (79.0, 80.5, 81.0), (84.0, 84.0, None)
+    for k in range(5):
+        write(tmp_path, f"teacher-s{k}", 85.0 + k, holdout=88.0)
+        write(tmp_path, f"gmp80-b2-s{k}", a[k], holdout=a_ho[k])
+    for k in range(3):
+        write(tmp_path, f"cubic80-b2-s{k}", b[k], holdout=b_ho[k])
+    (tmp_path / "v1").mkdir()
+    row = row_of(table.render(tmp_path)["guidelines"], "`gmp80-b2` − `cubic80-b2`")
+    d = statistics.mean(a[:3]) - statistics.mean(b)                       # = the mean of the per-seed differences
+    assert d == pytest.approx(statistics.mean(x - y for x, y in zip(a, b)))
+    spread = statistics.stdev(a[:3]) + statistics.stdev(b)
+    assert f"| {d:+.2f} | {spread:.2f} | no: within the spread | +1.0, +0.5, +1.5 | 3 |" in row     # +1.00 | 2.30
+    ho_d, ho_spread = statistics.mean(a_ho[:2]) - 84.0, statistics.stdev(a_ho[:2])      # seeds 0 and 1 only
+    assert ho_d <= ho_spread and row.endswith(f"| {ho_d:+.2f} (within the spread) |")
+    res = table.load(tmp_path)                   # rows that both ran, on no seed in common, are not "not run"
+    assert table.paired(table.seeds_of(res, "gmp80-b2")[3:], table.seeds_of(res, "cubic80-b2")) == ([], [])
+    assert table.verdict([], [], ran=True)[2] == "no seed in common" and table.verdict([], [], ran=False)[2] == "not run"
+
+
+def test_cells_name_any_seed_count_but_the_usual_one(fixtures):
+    import runs
+    assert table.SEEDS == len(runs.SEEDS) == 3
+    assert table.cell([1.0, 2.0, 3.0]) == "2.00 ± 1.00"
+    assert table.cell([1.0, 2.0]) == "1.50 ± 0.71 (2 seeds)"
+    assert table.cell([1.0, 2.0, 3.0, 4.0, 5.0]) == "3.00 ± 1.58 (5 seeds)"   # runs.FIVE_SEEDS' rows
+    for k in (3, 4):
+        write(fixtures, f"teacher-s{k}", 88.0 + k - 3, holdout=89.0)
+        write(fixtures, f"gmp80-b2-s{k}", 83.0, holdout=85.0, teacher_metric={"accuracy": 88.0 + k - 3})
+    tables = table.render(fixtures)
+    five = statistics.mean([80.0, 81.0, 82.5, 83.0, 83.0]), statistics.stdev([80.0, 81.0, 82.5, 83.0, 83.0])
+    assert f"| {five[0]:.2f} ± {five[1]:.2f} (5 seeds) |" in row_of(tables["sst2"], "the recipe: GMP", "| 80% |")
+    assert "(5 seeds) |" in row_of(tables["budget"], "dense teacher") and "| 5 |" in row_of(tables["budget"], "| 80% | 2 |")
+    assert "| 3 |" in row_of(tables["guidelines"], "`gmp80-b2` − `cubic80-b2`")        # cubic has 3: 3 in common
+
+
+def test_five_seeds_rows_get_seeds_3_and_4_after_their_teachers(monkeypatch):
+    runs = load_module("runs")
+    names = [n for n, _ in runs.rows("/M")]
+    assert runs.FIVE_SEEDS and set(runs.MORE_SEEDS) == {3, 4}
+    for row in runs.FIVE_SEEDS:
+        assert [n for n in names if n.startswith(row + "-s")] == [f"{row}-s{k}" for k in (0, 1, 2, 3, 4)]
+        for k in runs.MORE_SEEDS:
+            assert names.index(f"teacher-s{k}") < names.index(f"{row}-s{k}")
+    cmds = dict(runs.rows("/M"))
+    three = cmds["gmp80-b2-s0"]                    # seed 3's command: seed 0's with every seed-0 path and flag moved
+    assert cmds["gmp80-b2-s3"] == [x.replace("-s0", "-s3") if "runs/evidence" in x else x for x in three[:-3]] + \
+        ["3", "--out-dir", "runs/evidence/gmp80-b2-s3"]
+    monkeypatch.setattr(runs, "FIVE_SEEDS", ())
+    fewer = [n for n, _ in runs.rows("/M")]
+    assert not [n for n in fewer if n.endswith(("-s3", "-s4"))]              # no 5-seed row: no teacher-s3, -s4
+    assert [n for n in names if n in fewer] == fewer                         # and every other run as it was
+    monkeypatch.setattr(runs, "FIVE_SEEDS", ("gmp80-b2", "nonesuch80-b2"))
+    with pytest.raises(ValueError, match="nonesuch"):
+        runs.rows("/M")
+
+
+def test_inference_cpu_is_the_recorded_sparse_py_command_and_its_text_is_its_result():
+    runs = load_module("runs")
+    cmd = dict(runs.rows("/M", "../shared/data"))["inference-cpu"]
+    assert runs.results_file("inference-cpu", cmd) == runs.RESULTS / "inference-cpu.txt"
+    assert runs.results_file("gmp80-b2-s0", ["x", "--out-dir", "runs/evidence/gmp80-b2-s0"]) == \
+        runs.RESULTS / "gmp80-b2-s0.json"
+    recorded = (runs.RESULTS / "inference-cpu.txt").read_text().splitlines()[0].removeprefix("# command: ")
+    shown = runs.shell(cmd, "/M")
+    assert shown.split(" --out ")[0] == recorded.split(" --out ")[0]         # the same models, in the same order
+    needed = runs.needed_models(cmd)
+    assert [str(m) for m in needed] == ["runs/evidence/teacher-s0/model"] + \
+        [f"runs/evidence/oneshot-obert-export-s0/oneshot-{s:g}" for s in runs.INFERENCE]
+    assert {m.relative_to(runs.RUNS).parts[0] for m in needed} == {"teacher-s0", "oneshot-obert-export-s0"}
+
+
+def test_a_text_result_is_renamed_into_place_only_when_its_command_ends(tmp_path, monkeypatch):
+    import subprocess
+    runs = load_module("runs")
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    (tmp_path / "evidence" / "results").mkdir(parents=True)
+    cmd = ["python", "sparse.py", "runs/evidence/teacher-s0/model", "--out", "evidence/results/inference-cpu.txt"]
+    final = tmp_path / "evidence" / "results" / "inference-cpu.txt"
+
+    def fake(argv, cwd, check):
+        out = argv[argv.index("--out") + 1]
+        assert out == "evidence/results/inference-cpu.txt.tmp" and not final.exists()
+        (cwd / out).write_text(f"# command: python sparse.py {' '.join(argv[2:])}\n# commit: x\nrow\n")
+        if "fail" in argv:
+            raise subprocess.CalledProcessError(1, argv)
+    monkeypatch.setattr(runs.subprocess, "run", fake)
+    with pytest.raises(subprocess.CalledProcessError):
+        runs.run_text("inference-cpu", cmd + ["fail"], "/M")
+    assert not final.exists()                                             # a failed run leaves nothing 'done'
+    runs.run_text("inference-cpu", cmd, "/M")
+    assert final.read_text() == ("# command: python sparse.py runs/evidence/teacher-s0/model --out "
+                                 "evidence/results/inference-cpu.txt\n# commit: x\nrow\n")
+    assert not (tmp_path / "evidence" / "results" / "inference-cpu.txt.tmp").exists()
+
+
+def test_rebuild_remakes_an_export_and_checks_its_one_shot_accuracies(tmp_path, monkeypatch):
+    runs = load_module("runs")
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    monkeypatch.setattr(runs, "RESULTS", tmp_path / "evidence" / "results")
+    runs.RESULTS.mkdir(parents=True)
+    oneshot = [{"sparsity": 0.5, "accuracy": 82.8, "seconds": 1.3, "holdout_accuracy": 87.8}]
+    (runs.RESULTS / "oneshot-obert-export-s0.json").write_text(json.dumps({"oneshot": oneshot}))
+    (tmp_path / "runs/evidence/teacher-s0/model").mkdir(parents=True)
+    todo = dict(runs.rows("/M"))
+    remade = []
+
+    def fake_run(name, cmd, M, accuracy=82.8):
+        remade.append(name)
+        (tmp_path / "runs/evidence/oneshot-obert-export-s0/oneshot-0.5").mkdir(parents=True, exist_ok=True)
+        return {"oneshot": [dict(oneshot[0], seconds=9.9, accuracy=accuracy)]}     # other timings: the same run
+    monkeypatch.setattr(runs, "run", fake_run)
+    runs.ensure_models(todo["inference-cpu"][:4], todo, "/M")     # the teacher and oneshot-0.5: only the export
+    assert remade == ["oneshot-obert-export-s0"]
+    import shutil
+    shutil.rmtree(tmp_path / "runs/evidence/oneshot-obert-export-s0")
+    monkeypatch.setattr(runs, "run", lambda name, cmd, M: fake_run(name, cmd, M, accuracy=82.7))
+    with pytest.raises(SystemExit, match="oneshot"):                         # another accuracy: not the run on record
+        runs.rebuild(runs.RUNS / "oneshot-obert-export-s0" / "oneshot-0.5", todo, "/M")
+
+
+def test_cycles_figure_draws_from_the_records(fixtures):
+    pytest.importorskip("matplotlib")
+    figures = load_module("figures")
+    res = table.load(fixtures)
+    assert figures.total_steps(res["gmp80-b2-s0"]) == 752                  # from its cycle_evals and 4 epochs
+    for total in (376, 1504, 3008):                                         # the budget study's other budgets
+        assert figures.total_steps({"cycle_evals": cycles(total, 0.9)["cycle_evals"], "args": {"epochs": total / 188}}) \
+            == total
+    assert figures.schedule_label(res["gmp80-b2-s0"]["args"]) == "accelerated from 30%"
+    assert figures.schedule_label(res["cubic80-b2-s0"]["args"]) == "naive cubic from zero"
+    figures.cycles_figure(res, fixtures / "c.png")                          # 90%: no runs, its panel says so
+    assert 0 < (fixtures / "c.png").stat().st_size < 200_000
