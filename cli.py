@@ -13,8 +13,10 @@ head, oBERT's Fisher memory, the sequence length against the model's positions, 
 folder (rundir.py's `check_out_dir`). Nothing is written or deleted here: train.py prepares the
 folder only after `resolve` has passed.
 
-How it connects: train.py's `main` calls `parse_args` and `resolve`; the method choices come from
-prune.py's `METHODS`, the Fisher's size from obert.py's `fisher_bytes`.
+How it connects: train.py's `main` calls `parse_args` and `resolve`, then, once the data is read,
+`check_holdout`, `student_schedule` and `warn_if_long`; the method choices come from prune.py's
+`METHODS`, the Fisher's size from obert.py's `fisher_bytes`, the config's checks from model.py,
+SparseProp's availability from sparse.py, and the output folder's rules from rundir.py.
 """
 import argparse
 import math
@@ -33,7 +35,7 @@ import obert
 import prune
 import sparse
 from rundir import UsageError, check_out_dir, read_checkpoint
-from schedule import initial_sparsity
+from schedule import Schedule, initial_sparsity
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):      # one sentence and exit 2, not the whole usage block
@@ -60,9 +62,25 @@ def block_size_arg(text):
         raise argparse.ArgumentTypeError(f"block size must be a whole number or 'row', not {text!r}") from None
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default but "off"; a flag whose default comes from the task's record (None) lists
+    the records' values instead (`per_task`), not "(default: None)"."""
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
+def per_task(field: str) -> str:
+    """'per task: 1e-05 (csqa, winogrande), 5e-05 (sst2, ...)': the defaults of data.py's Task records."""
+    groups = {}
+    for name, task in data.TASKS.items():
+        value = getattr(task, field)
+        groups.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(name)
+    return "per task: " + ", ".join(f"{v} ({', '.join(names)})" for v, names in groups.items())
+
+
 def parser() -> Parser:
     ap = Parser(prog="train.py", description="Prune a BERT-family model during fine-tuning (Kurtic et al. 2024).",
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=HelpFormatter)
     add_recipe_args(ap.add_argument_group("the task and the recipe").add_argument)
     add_method_args(ap.add_argument_group("pruning methods, CrAM and one-shot").add_argument)
     add_run_args(ap.add_argument_group("running: output, devices, speed, limits").add_argument)
@@ -83,7 +101,7 @@ def parse_args(argv=None):
 def add_recipe_args(a):
     a("--task", required=True, choices=list(data.TASKS), metavar="TASK", help=f"one of {', '.join(data.TASKS)}")
     a("--sparsity", type=float, default=0.8, help="target encoder sparsity in [0, 1); 0 = dense fine-tuning")
-    a("--model", help="pretrained model: hub id or local folder (default per task)")
+    a("--model", help=f"pretrained model: hub id or local folder; {per_task('model')}")
     a("--teacher", help="fine-tuned dense teacher folder; without it one is trained first")
     a("--data-dir", help="folder with the released data files; without it the hub is used")
     a("--pattern", default="unstructured", help="unstructured, 4-block, or N:M such as 2:4")
@@ -91,18 +109,18 @@ def add_recipe_args(a):
     a("--init-sparsity", type=float, help="first jump of the accelerated schedule (default by depth: 0.7 for 12 "
                                           "layers or more, 0.3 below, as the oBERT recipes; schedule.py)")
     a("--schedule", default="accelerated", choices=["accelerated", "cubic"], help="cubic = naive, from zero")
-    a("--epochs", type=float, help="student epochs (default per task)")
-    a("--lr", type=float, help="peak LR of the student (default per task); decays to --lr-min each cycle")
+    a("--epochs", type=float, help=f"student epochs; {per_task('epochs')}")
+    a("--lr", type=float, help=f"peak LR of the student, decayed to --lr-min each cycle; {per_task('lr')}")
     a("--lr-min", type=float, help="LR at the end of each cycle (default lr / 10)")
-    a("--teacher-epochs", type=float, help="dense teacher epochs (default per task)")
-    a("--teacher-lr", type=float, help="dense teacher LR (default per task)")
-    a("--warmup", type=float, help="linear LR warm-up, as a fraction of each phase's steps (default per task)")
+    a("--teacher-epochs", type=float, help=f"dense teacher epochs; {per_task('teacher_epochs')}")
+    a("--teacher-lr", type=float, help=f"dense teacher LR; {per_task('teacher_lr')}")
+    a("--warmup", type=float, help=f"linear LR warm-up, as a fraction of each phase's steps; {per_task('warmup')}")
     a("--warmup-steps", type=int, help="linear LR warm-up in optimizer steps (overrides --warmup)")
-    a("--weight-decay", type=float, help="AdamW weight decay, none on biases and LayerNorms (default per task)")
+    a("--weight-decay", type=float, help=f"AdamW weight decay, none on biases and LayerNorms; {per_task('weight_decay')}")
     a("--clip", type=float, default=1.0, help="gradient norm clipping")
-    a("--batch-size", type=int, help="examples per micro-batch per process (default per task)")
+    a("--batch-size", type=int, help=f"examples per micro-batch per process; {per_task('batch_size')}")
     a("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    a("--max-length", type=int, help="max tokens per sequence (default per task)")
+    a("--max-length", type=int, help=f"max tokens per sequence; {per_task('max_length')}")
     a("--temperature", type=float, default=distill.TEMPERATURE, help="distillation temperature T")
     a("--hardness", type=float, default=distill.HARDNESS, help="weight of the KD loss; 1 - h on the task loss")
     a("--no-kd", action="store_true", help="no teacher, no distillation")
@@ -115,8 +133,8 @@ def add_method_args(a):
     a("--method", default="gmp", choices=list(prune.METHODS), metavar="METHOD",
       help="; ".join(f"{name}: {m.help}" for name, m in prune.METHODS.items()))
     a("--num-grads", type=int, default=1024, help="oBERT: gradients in the empirical Fisher")
-    a("--fisher-batch-size", type=int, help="oBERT: examples per Fisher gradient (default per task, SparseML's "
-                                            "recipes: 8 for SQuAD, 16 for GLUE)")
+    a("--fisher-batch-size", type=int, help=f"oBERT: examples per Fisher gradient (SparseML's recipes: 8 for SQuAD, 16 for GLUE); "
+                                            f"{per_task('fisher_batch_size')}")
     a("--block-size", type=block_size_arg, help="oBERT: Fisher block size, or 'row' for whole rows (matrix-free "
                                                 "when larger than --num-grads); default 50, 32 for 4-block")
     a("--damp", type=float, default=1e-7, help="oBERT: Fisher dampening")
@@ -199,6 +217,8 @@ def resolve(args):
             load_weights(args.teacher, task)
             check_vocabulary(args.teacher, modeling.load_config(modeling.resolve_folder(args.teacher)))
             check_same_vocabulary(args.model_folder, args.teacher)
+            check_max_length(args.max_length, task, modeling.load_config(modeling.resolve_folder(args.teacher)),
+                             f"--teacher {args.teacher}")
         if prune.METHODS[args.method].needs_fisher and (args.sparsity > 0 or args.oneshot):
             check_fisher_memory(args, student)
         if args.resume:
@@ -266,7 +286,16 @@ FLAG_RULES = [
     (("warmup",), lambda a: "warmup_steps" not in a.given, lambda a: "--warmup-steps sets the warm-up instead"),
     (("scope",), lambda a: prune.parse_nm(a.pattern) is None,
      lambda a: f"--pattern {a.pattern} keeps the same share of every matrix whatever the scope"),
+    (("recomputations",), _fisher, lambda a: f"--method {a.method}'s scores do not move between increments, so N "
+                                             f"recomputations give the masks of one"),
+    (("seed", "limit_train"), lambda a: not a.oneshot or _fisher(a) or a.sparse_backprop,
+     lambda a: f"--oneshot --method {a.method} reads no training data and draws nothing at random"),
 ]
+
+# The flags that apply to every run (the rest are in FLAG_RULES): a test checks that each flag of the
+# parser is in one or the other, so a new flag cannot be silently ignored by forgetting it here.
+ALWAYS_APPLIES = {"task", "model", "data_dir", "batch_size", "max_length", "oneshot", "out_dir", "overwrite", "device",
+                  "dtype", "limit_eval", "holdout"}
 
 
 def check_flags_apply(args):
@@ -355,6 +384,12 @@ def check_combinations(args):
     """Flags that cannot go together, or that need something this machine lacks."""
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out-dir and --overwrite replaces it; pass one of them.")
+    if args.kd and args.hardness == 0:
+        raise UsageError("--hardness 0 gives the KD loss no weight, so the teacher would run for nothing; pass --no-kd "
+                         "for the task loss alone, or a hardness above 0.")
+    if "init_sparsity" in args.given and args.init_sparsity > args.sparsity and not args.oneshot:
+        raise UsageError(f"--init-sparsity {args.init_sparsity:g} is above --sparsity {args.sparsity:g}, so the "
+                         f"first jump would be cut to the target; pass at most {args.sparsity:g}.")
     trains_a_dense_model = not args.oneshot and (args.sparsity == 0 or (args.kd and not args.teacher))
     if args.optimizer == "cram" and not trains_a_dense_model:
         raise UsageError("--optimizer cram fine-tunes dense models: the teacher this run trains, or a --sparsity 0 "
@@ -412,14 +447,15 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def check_max_length(max_length, task, cfg) -> int:
+def check_max_length(max_length, task, cfg, role="the model") -> int:
     """Sequences must fit the position embeddings (RoBERTa's start at pad_token_id + 1): the task's own
-    length is shortened to fit, an asked-for --max-length that does not fit is refused."""
+    length is shortened to fit, an asked-for --max-length that does not fit is refused. The teacher
+    reads the student's sequences: it is checked against the length the student's check settled."""
     limit = cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.model_type == "roberta" else 0)
     if max_length is None:
         return min(task.max_length, limit)
     if max_length > limit:
-        raise UsageError(f"--max-length {max_length} is longer than the model's {limit} positions; "
+        raise UsageError(f"--max-length {max_length} is longer than {role}'s {limit} positions; "
                          f"pass --max-length {limit} or less.")
     return max_length
 
@@ -442,6 +478,46 @@ def check_teacher(folder, task, role="a teacher"):
 
 # -----------------------------------------------------------------------------
 # Checks that need the data: train.py calls them once it is read, still before anything is written.
+# `batches` is the number of micro-batches in one epoch of the training data (len of its loader).
+
+def check_holdout(args, n_train: int):
+    """--holdout N takes the training file's last N examples away from training: some must be left."""
+    if n_train - (args.holdout or 0) < 1:
+        raise UsageError(f"--holdout {args.holdout} leaves no training examples ({args.task} has {n_train}); "
+                         f"pass a smaller --holdout.")
+
+
+def phase_steps(epochs, args, batches: int) -> int:
+    """Optimizer steps of a phase: epochs x steps per epoch, at least 1, at most --max-steps."""
+    n = max(1, math.ceil(epochs * (batches // args.grad_accum)))
+    return min(n, args.max_steps) if args.max_steps else n
+
+
+def warmup_steps(args, total) -> int:
+    return args.warmup_steps if args.warmup_steps is not None else round(args.warmup * total)
+
+
+def student_schedule(args, batches: int) -> Schedule:
+    """The student's schedule (schedule.py), refused up front if the run is too short to end at its target."""
+    if batches // args.grad_accum == 0:
+        raise UsageError("fewer training examples than one optimizer step needs; lower --batch-size or --grad-accum.")
+    total = phase_steps(args.epochs, args, batches)
+    sched = Schedule(total, args.sparsity, args.init_sparsity, args.schedule, args.lr, args.lr_min,
+                     warmup_steps(args, total))
+    if not sched.reaches_target():
+        fix = (f"raise --max-steps, which caps it at {total}," if args.max_steps == total else "raise --epochs")
+        raise UsageError(f"the student's {total} optimizer steps are too few for the schedule to reach sparsity "
+                         f"{args.sparsity:g} (its last pruning step is step {sched.t_end}); {fix} to give it at least "
+                         f"{sched.min_steps()} steps.")
+    check_stop_after(args, run_steps(args, batches, sched))
+    return sched
+
+
+def run_steps(args, batches: int, sched) -> list[int]:
+    """The optimizer steps of each phase this run trains: the student's, and the teacher's if trained here."""
+    return [sched.total_steps] + ([phase_steps(args.teacher_epochs, args, batches)] if args.kd and not args.teacher
+                                  else [])
+
 
 def check_stop_after(args, phases: list[int]):
     """--stop-after N stops a phase after its step N: refused if no phase of this run (their steps:

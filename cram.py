@@ -41,8 +41,8 @@ import torch
 
 import prune
 
-RHO = 0.01                      # ρ: see above; train.py's --cram-rho default
-SPARSITIES = (0.5, 0.7, 0.9)    # CrAM+ multi's set of s; train.py's --cram-sparsities default
+RHO = 0.01                      # ρ: see above; the --cram-rho default (cli.py)
+SPARSITIES = (0.5, 0.7, 0.9)    # CrAM+ multi's set of s; the --cram-sparsities default (cli.py)
 
 
 def cram_gradients(model, forward_backward: Callable[[], tuple], rho: float, sparsities) -> tuple:

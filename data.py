@@ -5,8 +5,8 @@ Kurtic, Hoefler & Alistarh (2024) prune RoBERTa-large on the "Sparsity May Cry" 
 (CommonsenseQA, WinoGrande; section 5) and BERT-base on the classic benchmarks (SQuAD v1.1,
 MNLI, QQP; section 6). This file turns each into padded batches for model.py and scores the
 predictions exactly as the official scripts do. Each task is one `Task` record in `TASKS`
-(its columns and labels, files and hub id, metric, and train.py's defaults for it); adding a
-GLUE-style task is one more record.
+(its columns and labels, files and hub id, metric, and the run's defaults for it, which cli.py's
+`resolve` fills in); adding a GLUE-style task is one more record.
 
   load_split(task, split, data_dir)  -> list of examples, from the released files, Hugging Face
                                         exports (json/jsonl/parquet), or the hub
@@ -58,7 +58,8 @@ class Task:
     label: tuple = ("label",)             #   the label's column
     metric: str = "accuracy"              # "accuracy", "accuracy_f1" (QQP) or "squad" (EM and F1)
     max_length: int = 128                 # tokens per sequence (per window for SQuAD)
-    # train.py's defaults (each overridden by its flag); `warmup` is a fraction of each phase's steps
+    # the run's defaults, filled in by cli.py's `resolve` (each overridden by its flag); `warmup` is
+    # a fraction of each phase's steps
     model: str = "bert-base-uncased"
     lr: float = 8e-5                      # the pruned student's peak LR
     batch_size: int = 32
@@ -154,7 +155,10 @@ def parse_csqa(rec, where, task=None):
         labels, texts = [required(c, "label", where) for c in choices], [required(c, "text", where) for c in choices]
     else:                          # hub: question, choices {label: [...], text: [...]}
         stem, choices = q, required(rec, "choices", where, dict)
-        labels, texts = required(choices, "label", where), required(choices, "text", where)
+        labels, texts = required(choices, "label", where, list), required(choices, "text", where, list)
+        if len(labels) != len(texts):   # else a text would pair with another choice's label, or none
+            raise DataError(f"{where}: {len(labels)} choice labels but {len(texts)} choice texts; each choice "
+                            f"needs one label and one text: fix or drop the record.")
     key = required(rec, "answerKey", where)
     if task is not None and len(labels) != task.num_labels:   # else the choices would shift between questions
         raise DataError(f"{where}: {len(labels)} choices, but every {task.name} question has {task.num_labels}; "
@@ -299,7 +303,8 @@ def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
 
 def fingerprint(*splits: list) -> str:
     """SHA-256 (16 hex digits) of the examples themselves: the same for the same data, whatever the
-    files' names or format; train.py records it so that --resume refuses changed data."""
+    files' names or format; run.json records it (rundir.py's `fingerprints`) so that --resume refuses
+    changed data."""
     text = json.dumps(splits, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -387,16 +392,33 @@ def encode(task: Task, examples: list[dict], tok, max_length=None, stride=128) -
             for (ids, tt), e in zip(encode_pairs(tok, [e["first"] for e in examples], seconds, max_length), examples)]
 
 
+def check_question_lengths(examples, tok, max_length, stride):
+    """Every window of a long context holds the whole question and more than `stride` tokens of the
+    context. A question too long for that cannot be cut into windows: the tokenizer aborts with a
+    Rust panic (not an exception, and a screenful of backtrace), so find such a question first and
+    name it. Untruncated here: call it before `enable_truncation`."""
+    specials = tok.num_special_tokens_to_add(True)                # [CLS] q [SEP] c [SEP]: 3; RoBERTa's 4
+    questions = tok.encode_batch([e["question"].lstrip() for e in examples], add_special_tokens=False)
+    for e, q in zip(examples, questions):
+        if max_length - specials - len(q.ids) > stride:
+            continue                                              # room for the shared context tokens
+        if len(tok.encode(e["question"].lstrip(), e["context"]).ids) > max_length:   # needs windows, has no room
+            raise DataError(f"SQuAD question {e['id']!r} is {len(q.ids)} tokens, too long for windows of {max_length} "
+                            f"tokens that share {stride} context tokens; pass --max-length "
+                            f"{len(q.ids) + specials + stride + 1} or more, or drop that record.")
+
+
 def encode_squad(examples, tok, max_length, stride):
     """Overlapping windows over the context: max_length tokens, `stride` tokens shared by neighbours."""
     if max_length - 3 <= stride:       # a window holds [CLS] q [SEP] c [SEP]: more than `stride` tokens of c
         raise DataError(f"--max-length {max_length} is too short for SQuAD's windows, which share {stride} context "
                         f"tokens and also hold the question; pass --max-length {2 * stride} or more (the recipe's "
                         f"is 384).")
+    check_question_lengths(examples, tok, max_length, stride)
     try:
         tok.enable_truncation(max_length, stride=stride, strategy="only_second")
         encs = tok.encode_batch([(e["question"].lstrip(), e["context"]) for e in examples])
-    except Exception as e:   # a question too long to leave room for `stride` context tokens
+    except Exception as e:   # the tokenizer's own refusal, should a case slip past check_question_lengths
         raise DataError(f"a question is too long for windows of {max_length} tokens with a stride of {stride} "
                         f"({e}); pass a larger --max-length.") from None
     finally:

@@ -11,7 +11,8 @@ How it connects:
     `layers.{i}.query / key / value / attn_out / intermediate / output`. Embeddings, LayerNorms,
     the pooler and the task head stay dense (the paper's first guideline).
   - data.py produces `input_ids`, `attention_mask` (and `token_type_ids` for BERT pairs) in
-    the shapes `forward` expects; train.py calls `from_pretrained` and `save_pretrained`.
+    the shapes `forward` expects; train.py and cli.py call `from_pretrained` (which checks the
+    config: `check_config`), rundir.py's `save_model` calls `save_pretrained`.
 
 One encoder layer (post-LN, as in the original BERT):
     a = LayerNorm(x + attn_out(Attention(query(x), key(x), value(x))))
@@ -82,13 +83,22 @@ def load_config(folder: Path) -> Config:
         raise CheckpointError(f"{folder} has no config.json; pass a Hugging Face model folder "
                               f"(config.json and model.safetensors) or a hub id.")
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:     # a ValueError too, but not JSON's: say what it is
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {e.start} cannot be decoded); re-download or "
+                              f"re-save the model.") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); re-download or re-save the model.")
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e.strerror}); check its permissions, or re-download "
+                              f"the model.") from None
     if not isinstance(d, dict) or d.get("model_type") not in ("bert", "roberta"):
         kind = d.get("model_type") if isinstance(d, dict) else None
         raise CheckpointError(f"{path} has model_type {kind!r}; prune-lm supports only "
                               f"'bert' and 'roberta' checkpoints.")
+    if "id2label" in d and not isinstance(d["id2label"], dict):   # its size is the label count (from_dict)
+        raise CheckpointError(f"{path}: id2label is {d['id2label']!r:.40}, but it must be a map from class ids to "
+                              f"names, such as {{\"0\": \"LABEL_0\"}}; fix config.json or re-download the model.")
     cfg = Config.from_dict(d)
     check_config(cfg, path)
     return cfg

@@ -25,7 +25,8 @@ comes three ways, all tested equal to the exact inverse (tests/test_obert.py): o
 Sherman-Morrison stream (`add_gradient`), the accumulated form train.py uses
 (`EmpiricalFisher`: F_b += G_bᵀG_b/m a chunk at a time, one Cholesky inverse), and M-FAC's
 matrix-free form for blocks larger than m (`MatrixFree`, Frantar, Kurtic & Alistarh 2021).
-`fisher_bytes` is the memory estimate that train.py checks before a run starts.
+`fisher_bytes` is the memory estimate that cli.py's `check_fisher_memory` checks before anything is
+written.
 
 How it connects: train.py collects the m gradients (`collect_fisher`: SparseML's sampling, 1024
 gradients of batch 8 or 16, dropout off, pruned weights masked) into an `EmpiricalFisher`, and

@@ -202,6 +202,18 @@ def collective_device():
     return torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else "cpu"
 
 
+def masks_equal_across_ranks(masks, device) -> bool:
+    """Under torchrun: whether every rank holds the same masks (results.json reports it). Each rank's
+    masks are packed to one fingerprint, the kept count and the index-weighted sum, and all are compared."""
+    fp = torch.zeros(2, dtype=torch.float64, device=device)
+    for m in masks.values():
+        idx = torch.arange(m.numel(), device=device, dtype=torch.float64)
+        fp += torch.stack([m.sum().double(), (m.flatten().double() * idx).sum()])   # m.flatten(): (numel,)
+    everyone = [torch.zeros_like(fp) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(everyone, fp)
+    return all(torch.equal(everyone[0], f) for f in everyone)
+
+
 def parse_nm(pattern: str) -> tuple[int, int] | None:
     """"2:4" -> (2, 4); None for the other patterns; ValueError unless 0 < N < M are whole numbers."""
     if ":" not in pattern:

@@ -2,7 +2,7 @@
 The run folder: what a run writes into --out-dir, and the promises a user relies on.
 
 A fine-tuning run can take days; this file is what makes it safe to stop, resume and rerun.
-The promises, each with its tests in tests/test_safety.py:
+The promises, each with its tests in tests/test_safety.py and tests/test_defects.py:
 
   1. A user's files are never lost. Every file a run writes is recorded in its run.json before
      it is written (`claim`); --overwrite deletes only those, and refuses when anything else is
@@ -26,6 +26,7 @@ in its loop, and `save_model` for the exported folders (model.py writes the weig
 adds the tokenizer files, so that the folder is complete for `transformers`).
 """
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ LEGACY_FILES = {(): ("run.json", "results.json", "sparsity_report.txt"),
                 ("teacher",): ("checkpoint.pt", "log.jsonl"),
                 ("teacher", "model"): ("config.json", "model.safetensors") + TOKENIZER_FILES,
                 ("student",): ("checkpoint.pt", "log.jsonl")}
+RESUME_FIX = "then continue with --resume"  # the fix for a write that failed during a run (`write_failed`)
 WRITTEN_BY = "prune-lm train.py"     # run.json's mark: this folder holds a run of ours
 LOCK = "train.lock"                  # held by the one process that writes into the folder
 
@@ -117,6 +119,10 @@ def check_out_dir(args):
     before = read_run_json(out)
     ours, foreign = files_in(out, before) if out.is_dir() else ([], [])
     if before is None:
+        if (out / "run.json").is_file():    # which files are the run's is unknown: nothing may be deleted or resumed
+            raise UsageError(f"{out / 'run.json'} is damaged (it is not the JSON record that train.py writes), so "
+                             f"which files there are the run's is unknown; restore it from a backup, or pass another "
+                             f"--out-dir.")
         if foreign or [p for p in ours if p.suffix != ".tmp"]:
             raise UsageError(f"--out-dir {out} holds files that train.py did not write (such as {(foreign + ours)[0]}); "
                              f"pass a new or empty folder.")
@@ -249,12 +255,39 @@ def take_lock(out: Path) -> Path:
                 continue                                    # released in between: try again
             if not is_stale(holder):
                 check_lock(out)                             # raises, naming the holder
-            print(f"train.py: {lock} was left by process {holder['pid']}, which no longer runs; taking it over",
-                  flush=True)
-            lock.unlink(missing_ok=True)
+            remove_stale_lock(lock)                         # then try to create it again
     with os.fdopen(fd, "w") as f:
         json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid())}, f)
     return lock
+
+
+def remove_stale_lock(lock: Path):
+    """Delete a lock left by a dead process, if it is still that one. Two runs may both see the dead
+    holder: unlinking without care, the second would delete the lock the first has just created.
+    So each takes an flock on the stale file (takers queue there, one at a time) and, holding it,
+    checks that the name still leads to that very file and that the file still names a dead
+    process; only then does it go. A later taker finds the name gone or leading to a new lock,
+    deletes nothing, and creates its own with O_EXCL or is refused by the new holder."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return                                              # gone already: the caller tries O_EXCL again
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)                      # released when fd is closed, or if this process dies
+        try:
+            same_file = os.path.samestat(os.stat(lock), os.fstat(fd))
+        except FileNotFoundError:
+            same_file = False
+        try:                                                # this file's holder (a lock is a few bytes)
+            holder = json.loads(os.read(fd, 1 << 16))
+        except ValueError:
+            holder = {}                                     # being written: its creator lives
+        if same_file and isinstance(holder, dict) and is_stale(holder):
+            print(f"train.py: {lock} was left by process {holder['pid']}, which no longer runs; taking it over",
+                  flush=True)
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def release_lock(lock: Path | None):
@@ -279,13 +312,12 @@ def prepare_out_dir(args, rt, fingerprints: dict) -> Path | None:
             before = read_run_json(out)
             if args.resume and before is not None:
                 check_fingerprints(before, fingerprints, out)
-        except (UsageError, OSError) as e:
+            start_folder(out, args, before, fingerprints)
+        except (UsageError, RunError, OSError) as e:     # the folder stays usable: unlocked, never half-deleted
             release_lock(lock)
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
-            error, lock = (str(e) if isinstance(e, UsageError) else f"--out-dir {out} cannot be written ({e})."), None
-        if error is None:
-            start_folder(out, args, before, fingerprints)
+            error, lock = not_prepared(out, e), None
     if rt.distributed:               # every rank stops if rank 0 could not take the folder
         shared = [error]
         torch.distributed.broadcast_object_list(shared, src=0)
@@ -295,11 +327,25 @@ def prepare_out_dir(args, rt, fingerprints: dict) -> Path | None:
     return lock
 
 
+def not_prepared(out: Path, e: Exception) -> str:
+    """prepare_out_dir's one sentence: a check's (UsageError), a failed write's (RunError), or that of a
+    folder that cannot be made, locked or emptied (OSError: a permission, a full disk)."""
+    if isinstance(e, UsageError):
+        return str(e)
+    if isinstance(e, RunError):
+        return f"{e}."
+    return (f"--out-dir {out} cannot be written ({e}); fix its permissions or free some space, then run the same "
+            f"command again.")
+
+
 def start_folder(out: Path, args, before: dict | None, fingerprints: dict):
     """Under the lock: delete what --overwrite replaces and the leftovers of interrupted writes, then
-    write (or, on --resume, keep) run.json."""
+    write (or, on --resume, keep) run.json. If a deletion or the write fails (OSError, RunError), the
+    old run.json is still there, listing what is left to delete: the same command can be run again."""
     ours, _ = files_in(out, before)
     for rel in ours:
+        if rel == Path("run.json"):
+            continue                                # replaced atomically below, not deleted
         if args.overwrite or rel.suffix == ".tmp":
             (out / rel).unlink()
     if args.overwrite and before is not None:      # emptied folders of ours, deepest first
@@ -314,7 +360,7 @@ def start_folder(out: Path, args, before: dict | None, fingerprints: dict):
         record = dict(before)
         record.setdefault("written", [str(p) for p in ours if p.suffix != ".tmp"] + ["run.json"])
         record.setdefault("fingerprints", fingerprints)
-    write_atomic(out / "run.json", json.dumps(record, indent=1))
+    write_atomic(out / "run.json", json.dumps(record, indent=1), fix="then run the same command again")
 
 
 def claim(out: Path, *paths: str):
@@ -330,8 +376,9 @@ def claim(out: Path, *paths: str):
 # -----------------------------------------------------------------------------
 # Writing: atomically, and saying so when the disk is full.
 
-def write_failed(path: Path, e: Exception) -> RunError:
-    """The one sentence for a write that failed: the file, the reason, the space left, the fix."""
+def write_failed(path: Path, e: Exception, fix=RESUME_FIX) -> RunError:
+    """The one sentence for a write that failed: the file, the reason, the space left, the fix (in a run:
+    free some space, then --resume; before it starts, `start_folder`: run the same command again)."""
     try:
         free = f"{shutil.disk_usage(path.parent).free / 1e6:.0f} MB are free there"
     except OSError:
@@ -339,10 +386,10 @@ def write_failed(path: Path, e: Exception) -> RunError:
     full = (e.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(e, OSError)
             else any(t in str(e) for t in ("write failed", "No space left")))   # torch.save's RuntimeError
     why = "the disk is full" if full else f"{type(e).__name__}: {str(e)[:80]}"
-    return RunError(f"writing {path} failed ({why}; {free}); free some space, then continue with --resume")
+    return RunError(f"writing {path} failed ({why}; {free}); free some space, {fix}")
 
 
-def atomic(path: Path, write):
+def atomic(path: Path, write, fix=RESUME_FIX):
     """write(tmp) to a temporary name, then rename it to `path`: a kill leaves the old file or the new
     one. If the write fails (a full disk), the temporary file goes too and RunError says so."""
     tmp = Path(str(path) + ".tmp")
@@ -351,11 +398,11 @@ def atomic(path: Path, write):
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:         # torch.save reports a failed write as a RuntimeError
         tmp.unlink(missing_ok=True)
-        raise write_failed(path, e) from None
+        raise write_failed(path, e, fix) from None
 
 
-def write_atomic(path: Path, text: str):
-    atomic(path, lambda tmp: tmp.write_text(text))
+def write_atomic(path: Path, text: str, fix=RESUME_FIX):
+    atomic(path, lambda tmp: tmp.write_text(text), fix)
 
 
 def append_line(path: Path, line: str):
@@ -383,6 +430,17 @@ def save_model(model, source, out: Path, rel: str):
         raise write_failed(folder / "model.safetensors", e) from None
 
 
+def write_results(out: Path, results: dict, report: str, keep_checkpoints: bool) -> int:
+    """The end of a run: sparsity_report.txt, then results.json (last: its presence means the run
+    finished), then the checkpoints go, unless they are kept: --keep-checkpoints now, or in run.json
+    (a run started with it and resumed without it still keeps them). Returns the bytes freed."""
+    keep = keep_checkpoints or (read_run_json(out) or {}).get("keep_checkpoints") is True
+    claim(out, "sparsity_report.txt", "results.json")
+    write_atomic(out / "sparsity_report.txt", report + "\n")
+    write_atomic(out / "results.json", json.dumps(results, indent=1))
+    return 0 if keep else delete_checkpoints(out)
+
+
 def delete_checkpoints(out: Path) -> int:
     """After a successful export: the phases' checkpoints go (unless --keep-checkpoints); bytes freed."""
     freed = 0
@@ -394,13 +452,27 @@ def delete_checkpoints(out: Path) -> int:
 
 
 def already_finished(args):
-    """--resume on a finished run: nothing to train; say where its results are (and drop its checkpoints)."""
+    """--resume on a finished run: nothing to train; say where its results are. Its checkpoints, if a
+    kill came between its results.json and their deletion, go now, under the folder's lock (one
+    process writes into a folder at a time), unless they are to be kept: --keep-checkpoints now, or
+    recorded in its run.json (the run kept them on purpose)."""
     if int(os.environ.get("RANK", "0")) != 0:        # under torchrun: rank 0 speaks and deletes
         return
     out = Path(args.out_dir)
-    freed = 0 if args.keep_checkpoints else delete_checkpoints(out)
+    keep = args.keep_checkpoints or (read_run_json(out) or {}).get("keep_checkpoints") is True
+    freed, note, lock = 0, "", None
+    if not keep:
+        try:
+            lock = take_lock(out)
+            freed = delete_checkpoints(out)
+        except UsageError:                            # another train.py took the folder since cli.py looked
+            note = " (its checkpoints are left: another train.py holds the folder)"
+        except OSError as e:
+            note = f" (its checkpoints could not be deleted: {e.strerror})"
+        finally:
+            release_lock(lock)
     print(f"{out} holds this run, finished: {out / 'results.json'}"
-          + (f" (deleted its checkpoints, {freed / 1e6:.0f} MB)" if freed else ""), flush=True)
+          + (f" (deleted its checkpoints, {freed / 1e6:.0f} MB)" if freed else note), flush=True)
 
 
 # -----------------------------------------------------------------------------

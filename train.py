@@ -214,19 +214,12 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     if args.compile:
         net = torch.compile(net)
-    masks, step = {}, 0
-    if args.resume and (out / "checkpoint.pt").is_file():
-        masks, step, kernels = rundir.load_checkpoint(out / "checkpoint.pt", model, opt, rt.device)
-        if args.sparse_backprop:
-            sparse.follow(model, masks, kernels)
-        log(rt, f"{phase}: resumed at step {step}")
-    elif args.resume:
-        log(rt, f"{phase}: no checkpoint to resume from in {out}; starting at step 0")
+    label = {"teacher": "dense teacher"}.get(phase, "dense fine-tuning" if sched.target == 0 else "pruned student")
+    masks, step = resume_phase(out, model, opt, label, args, rt) if args.resume else ({}, 0)
     pruning_steps, cycle_ends = set(sched.pruning_steps()), {b for _, b in sched.cycles()[:-1]}
     use_cram = args.optimizer == "cram" and sched.target == 0      # CrAM trains dense models only
     log_file = out / "log.jsonl"
     t0, tokens, saved, first = time.time(), 0, step if step else None, step
-    label = {"teacher": "dense teacher"}.get(phase, "dense fine-tuning" if sched.target == 0 else "pruned student")
     tokens_per_s = lambda: tokens * rt.world / max(time.time() - t0, 1e-9)
     model.train()
     for batches in optimizer_batches(d.loader, args.grad_accum, step, sched.total_steps):
@@ -245,9 +238,7 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         # 3. AdamW at the schedule's LR, pruned weights held at 0; a NaN or inf stops the run before it
         grad_norm = masked_gradients(model, masks, args.clip)
         if not all_finite(loss, grad_norm, rt):
-            raise NonFinite(f"the {phase} diverged at step {step} (loss {loss:g}, gradient norm {float(grad_norm):g}), "
-                            + (f"after the checkpoint of step {saved} in {out}" if saved else "before any checkpoint")
-                            + "; nothing was exported: lower --lr, or check --temperature and the teacher")
+            raise diverged(label, step, loss, grad_norm, saved, out)
         lr = sched.lr_at(step)
         masked_step(opt, model, masks, lr)
         # 4. with step + 1 steps done: log, evaluate at the end of a pruning cycle, checkpoint
@@ -259,17 +250,36 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
                        (label, first, sched.total_steps))
         if done in cycle_ends and rt.rank == 0:
             metric = evaluate(model, d, 2 * args.batch_size, rt)
-            log(rt, f"{phase}: step {done} (end of a pruning cycle) eval {metric}")
+            log(rt, f"{label}: step {done} (end of a pruning cycle) eval {metric}")
             log_record(rt, log_file, {"phase": phase, "step": done, "sparsity": round(sched.sparsity_at(step), 4),
                                       "eval": metric})
         if done % args.checkpoint_every == 0 or done in (sched.total_steps, args.stop_after):
             rundir.save_checkpoint(out / "checkpoint.pt", model, opt, masks, done, args, rt)
             saved = done
         if done == args.stop_after:
-            log(rt, f"{phase}: stopped after step {done} (--stop-after); continue with --resume")
+            log(rt, f"{label}: stopped after step {done} (--stop-after); continue with --resume")
             return Fitted(masks, tokens_per_s(), True, time.time() - t0)
         step += 1
     return Fitted(masks, tokens_per_s(), False, time.time() - t0)
+
+
+def resume_phase(out, model, opt, label, args, rt):
+    """--resume: the masks and the step (and the kernels' choices) of OUT/phase/checkpoint.pt, loaded
+    into model and opt; or step 0 where this phase has no checkpoint yet (the teacher had finished)."""
+    if not (out / "checkpoint.pt").is_file():
+        log(rt, f"{label}: no checkpoint to resume from in {out}; starting at step 0")
+        return {}, 0
+    masks, step, kernels = rundir.load_checkpoint(out / "checkpoint.pt", model, opt, rt.device)
+    if args.sparse_backprop:
+        sparse.follow(model, masks, kernels)
+    log(rt, f"{label}: resumed at step {step}")
+    return masks, step
+
+
+def diverged(label, step, loss, grad_norm, saved, out) -> NonFinite:
+    return NonFinite(f"the {label} diverged at step {step} (loss {loss:g}, gradient norm {float(grad_norm):g}), "
+                     + (f"after the checkpoint of step {saved} in {out}" if saved else "before any checkpoint")
+                     + "; nothing was exported: lower --lr, or check --temperature and the teacher")
 
 
 # -----------------------------------------------------------------------------
@@ -419,10 +429,8 @@ def load_data(args, task, rt) -> Data:
     """Read, tokenize and encode both splits; raises DataError / CheckpointError on bad files."""
     tok = data.load_tokenizer(args.model_folder)
     train_ex = data.load_split(task, "train", args.data_dir)
+    cli.check_holdout(args, len(train_ex))
     cut = len(train_ex) - (args.holdout or 0)
-    if cut < 1:
-        raise UsageError(f"--holdout {args.holdout} leaves no training examples ({task.name} has {len(train_ex)}); "
-                         f"pass a smaller --holdout.")
     train_ex, holdout_ex = train_ex[:cut][: args.limit_train], train_ex[cut:]
     eval_ex = data.load_split(task, "validation", args.data_dir)[: args.limit_eval]
     train_f = data.encode(task, train_ex, tok, args.max_length)
@@ -434,37 +442,6 @@ def load_data(args, task, rt) -> Data:
     return Data(task, train_f, loader, eval_ex, data.encode(task, eval_ex, tok, args.max_length), pad,
                 max(1, round(per_example * args.batch_size)), holdout_ex,
                 data.encode(task, holdout_ex, tok, args.max_length), data.fingerprint(train_ex, eval_ex, holdout_ex))
-
-
-def phase_steps(epochs, args, d) -> int:
-    """Optimizer steps of a phase: epochs x steps per epoch, at least 1, at most --max-steps."""
-    n = max(1, math.ceil(epochs * (len(d.loader) // args.grad_accum)))
-    return min(n, args.max_steps) if args.max_steps else n
-
-
-def warmup_steps(args, total) -> int:
-    return args.warmup_steps if args.warmup_steps is not None else round(args.warmup * total)
-
-
-def student_schedule(args, d) -> Schedule:
-    """The student's schedule, refused up front if the run is too short to end at its target."""
-    if len(d.loader) // args.grad_accum == 0:
-        raise UsageError("fewer training examples than one optimizer step needs; lower --batch-size or --grad-accum.")
-    total = phase_steps(args.epochs, args, d)
-    sched = Schedule(total, args.sparsity, args.init_sparsity, args.schedule, args.lr, args.lr_min,
-                     warmup_steps(args, total))
-    if not sched.reaches_target():
-        fix = (f"raise --max-steps, which caps it at {total}," if args.max_steps == total else "raise --epochs")
-        raise UsageError(f"the student's {total} optimizer steps are too few for the schedule to reach sparsity "
-                         f"{args.sparsity:g} (its last pruning step is step {sched.t_end}); {fix} to give it at least "
-                         f"{sched.min_steps()} steps.")
-    cli.check_stop_after(args, run_steps(args, d, sched))
-    return sched
-
-
-def run_steps(args, d, sched) -> list[int]:
-    """The optimizer steps of each phase this run trains: the student's, and the teacher's if trained here."""
-    return [sched.total_steps] + ([phase_steps(args.teacher_epochs, args, d)] if args.kd and not args.teacher else [])
 
 
 def load_model(folder, task, seed, device, verbose=True):
@@ -480,8 +457,8 @@ def get_teacher(args, d, rt):
     if not args.teacher and not (folder / "config.json").is_file():
         log(rt, "training the dense teacher first")
         t = load_model(args.model_folder, d.task, args.seed, rt.device)
-        total = phase_steps(args.teacher_epochs, args, d)
-        sched = Schedule(total, 0.0, lr_max=args.teacher_lr, lr_min=0.0, warmup_steps=warmup_steps(args, total))
+        total = cli.phase_steps(args.teacher_epochs, args, len(d.loader))
+        sched = Schedule(total, 0.0, lr_max=args.teacher_lr, lr_min=0.0, warmup_steps=cli.warmup_steps(args, total))
         if fit("teacher", t, None, d, sched, args, rt).stopped:
             return None, None
         if rt.rank == 0:
@@ -508,20 +485,9 @@ def peak_memory_bytes(device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux reports KiB
 
 
-def masks_equal_across_ranks(masks, device) -> bool:
-    """Every rank's masks, packed to one fingerprint (kept count and index-weighted sum), compared."""
-    fp = torch.zeros(2, dtype=torch.float64, device=device)
-    for m in masks.values():
-        idx = torch.arange(m.numel(), device=device, dtype=torch.float64)
-        fp += torch.stack([m.sum().double(), (m.flatten().double() * idx).sum()])
-    everyone = [torch.zeros_like(fp) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(everyone, fp)
-    return all(torch.equal(everyone[0], f) for f in everyone)
-
-
 def export(student, fitted, teacher_scores, d, args, rt, start):
     """Rank 0: evaluate; OUT/model (with the tokenizer files), results.json, sparsity_report.txt."""
-    same_masks = masks_equal_across_ranks(fitted.masks, rt.device) if rt.distributed else None
+    same_masks = prune.masks_equal_across_ranks(fitted.masks, rt.device) if rt.distributed else None
     if rt.rank != 0:
         return
     out = Path(args.out_dir)
@@ -539,14 +505,10 @@ def export(student, fitted, teacher_scores, d, args, rt, start):
                "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "world_size": rt.world,
                "peak_memory_gb": round(peak_memory_bytes(rt.device) / 1e9, 3),
                "masks_equal_across_ranks": same_masks, "args": vars(args)}
-    rundir.claim(out, "sparsity_report.txt", "results.json")
-    rundir.write_atomic(out / "sparsity_report.txt", report + "\n")
-    rundir.write_atomic(out / "results.json", json.dumps(results, indent=1))    # last: its presence means finished
+    freed = rundir.write_results(out, results, report, args.keep_checkpoints)
     log(rt, f"{args.task}: {metric}; encoder sparsity {results['sparsity']['encoder']:.4f}; exported to {out / 'model'}")
-    if not args.keep_checkpoints:
-        freed = rundir.delete_checkpoints(out)
-        if freed:
-            log(rt, f"deleted the checkpoints ({freed / 1e6:.0f} MB); pass --keep-checkpoints to keep them")
+    if freed:
+        log(rt, f"deleted the checkpoints ({freed / 1e6:.0f} MB); pass --keep-checkpoints to keep them")
 
 
 # -----------------------------------------------------------------------------
@@ -557,14 +519,17 @@ def main(argv=None):
         args = cli.resolve(args)
     except UsageError as e:
         fail(e)
+    except KeyboardInterrupt:
+        fail("interrupted while checking the inputs; nothing was written.", code=130)
     if args.resume and (Path(args.out_dir) / "results.json").is_file():
         return rundir.already_finished(args)
     rt, lock = start_runtime(args), None
     try:   # the data read and encoded, the schedule checked, the folder locked: only then is anything written
         d = load_data(args, data.TASKS[args.task], rt)
-        sched = None if args.oneshot else student_schedule(args, d)
+        sched = None if args.oneshot else cli.student_schedule(args, len(d.loader))
         if not args.oneshot and rt.rank == 0:
-            cli.warn_if_long(args, run_steps(args, d, sched), d.tokens_per_batch * args.grad_accum, rt.device)
+            cli.warn_if_long(args, cli.run_steps(args, len(d.loader), sched), d.tokens_per_batch * args.grad_accum,
+                             rt.device)
         lock = rundir.prepare_out_dir(args, rt, rundir.fingerprints(args, d.fingerprint))
     except (UsageError, data.DataError, modeling.CheckpointError) as e:
         fail(e, rt)
@@ -575,7 +540,8 @@ def main(argv=None):
     except (NonFinite, rundir.RunError) as e:
         fail(f"{e}.", rt)
     except KeyboardInterrupt:
-        fail(rundir.interrupted(Path(args.out_dir)), rt, code=130)
+        fail("interrupted; --oneshot keeps no checkpoint: run it again with --overwrite." if args.oneshot
+             else rundir.interrupted(Path(args.out_dir)), rt, code=130)
     finally:
         rundir.release_lock(lock)
     finish(rt)

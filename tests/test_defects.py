@@ -71,6 +71,45 @@ def test_1_overwrite_deletes_exactly_the_files_run_json_lists(tmp_path, tiny_ber
     assert not (out / "oneshot-0.5").exists() and sorted(p.name for p in out.iterdir()) == ["results.json", "run.json"]
 
 
+def legacy(run: Path) -> Path:
+    """The run folder as an older train.py left it: its run.json without the list of the files it wrote."""
+    record = json.loads((run / "run.json").read_text())
+    for key in ("written", "written_by", "fingerprints"):
+        del record[key]
+    (run / "run.json").write_text(json.dumps(record))
+    return run
+
+
+@pytest.mark.parametrize("users", [None, "notes.txt", "oneshot-0.5/model.safetensors", "student/notes.txt",
+                                   "model/extra.bin"])
+def test_1_overwrite_of_an_older_runs_folder_deletes_only_the_names_it_wrote(run_copy, tiny_bert_with_vocab, capsys,
+                                                                            users):
+    """Without run.json's list, what is ours is read by name (rundir.LEGACY_FILES): anything else stops it."""
+    legacy(run_copy)
+    if users:
+        (run_copy / users).parent.mkdir(parents=True, exist_ok=True)
+        (run_copy / users).write_text("the user's\n")
+        before = snapshot(run_copy)
+        assert users in refused(base_args(tiny_bert_with_vocab, run_copy, "--overwrite"), capsys)
+        assert snapshot(run_copy) == before
+        return
+    on_disk = [p.relative_to(run_copy) for p in run_copy.rglob("*") if p.is_file()]
+    assert on_disk and all(p.name in rundir.LEGACY_FILES[p.parent.parts if p.parent != Path(".") else ()]
+                           for p in on_disk)
+    train.main(base_args(tiny_bert_with_vocab, run_copy, "--overwrite", "--sparsity", "0.6"))
+    assert json.loads((run_copy / "results.json").read_text())["target_sparsity"] == 0.6
+    assert "written" in json.loads((run_copy / "run.json").read_text())
+
+
+@pytest.mark.parametrize("flags", [["--overwrite"], ["--resume"], []])
+def test_1_a_damaged_run_json_is_named_and_nothing_is_deleted(run_copy, tiny_bert_with_vocab, capsys, flags):
+    truncate(run_copy / "run.json")
+    before = snapshot(run_copy)
+    line = refused(base_args(tiny_bert_with_vocab, run_copy, *flags), capsys)
+    assert f"{run_copy / 'run.json'} is damaged" in line and "another --out-dir" in line
+    assert snapshot(run_copy) == before
+
+
 # 2. one run per folder: a lock, taken atomically --------------------------------------------------------
 
 @pytest.mark.parametrize("sparsities", [("0.8", "0.5"), ("0.8", "0.8")])
@@ -109,6 +148,55 @@ def test_2_a_live_lock_is_refused_and_a_dead_ones_taken_over(run_copy, tiny_bert
     train.main(base_args(tiny_bert_with_vocab, run_copy, "--overwrite"))            # its holder is gone now
     assert f"left by process {holder.pid}, which no longer runs" in capsys.readouterr().out
     assert not (run_copy / rundir.LOCK).exists()
+
+
+def test_2_a_dead_lock_another_run_took_over_meanwhile_is_not_deleted(tmp_path, monkeypatch):
+    """Two runs see the same dead holder and the other one takes the lock over first: this one must
+    not delete the other's new lock (it re-reads the lock under an flock), but be refused by it."""
+    out, host = tmp_path / "run", os.uname().nodename
+    out.mkdir()
+    dead, live = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2))
+    started = rundir.process_start(dead.pid)
+    dead.kill()
+    dead.wait()
+    try:
+        (out / rundir.LOCK).write_text(json.dumps({"pid": dead.pid, "host": host, "started": started}))
+        others = json.dumps({"pid": live.pid, "host": host, "started": rundir.process_start(live.pid)})
+        read = rundir.lock_holder
+
+        def the_other_run_takes_it_over_right_after(folder):
+            holder = read(folder)                         # the dead holder, seen by this run
+            (out / rundir.LOCK).unlink()
+            (out / rundir.LOCK).write_text(others)
+            monkeypatch.setattr(rundir, "lock_holder", read)
+            return holder
+        monkeypatch.setattr(rundir, "lock_holder", the_other_run_takes_it_over_right_after)
+        with pytest.raises(rundir.UsageError, match=f"in use by another train.py \\(process {live.pid} "):
+            rundir.take_lock(out)
+        assert (out / rundir.LOCK).read_text() == others
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_2_resume_of_a_finished_run_deletes_checkpoints_under_the_lock_unless_kept(tmp_path, tiny_bert_with_vocab,
+                                                                                  capsys, monkeypatch, kept):
+    out = tmp_path / "run"
+    train.main(base_args(tiny_bert_with_vocab, out, "--keep-checkpoints"))
+    if not kept:                   # as if killed between its results.json and the deletion of its checkpoints
+        record = json.loads((out / "run.json").read_text())
+        (out / "run.json").write_text(json.dumps({**record, "keep_checkpoints": False}))
+    holders, delete = [], rundir.delete_checkpoints
+    monkeypatch.setattr(rundir, "delete_checkpoints", lambda folder: holders.append(rundir.lock_holder(folder))
+                        or delete(folder))
+    before = snapshot(out)
+    train.main(base_args(tiny_bert_with_vocab, out, "--resume"))                  # without --keep-checkpoints
+    assert "finished" in capsys.readouterr().out and not (out / rundir.LOCK).exists()
+    if kept:
+        assert snapshot(out) == before and not holders
+    else:
+        assert not (out / "student" / "checkpoint.pt").exists() and holders[0]["pid"] == os.getpid()
 
 
 # 3. nothing is deleted until everything that can fail before training was tried -------------------------
@@ -162,6 +250,26 @@ def test_5_a_csqa_record_with_the_wrong_choices_is_refused(tmp_path, tiny_bert_w
     shutil.copy(FIX / "csqa" / "dev_rand_split.jsonl", tmp_path / "d")
     line = refused(base_args(tiny_bert_with_vocab, tmp_path / "out", "--data-dir", str(tmp_path / "d")), capsys)
     assert message in line and "train_rand_split.jsonl:line 4" in line and not (tmp_path / "out").exists()
+
+
+def csqa_hub_record(labels, texts, answer="A"):
+    return json.dumps({"id": "q", "answerKey": answer, "question": "s",
+                       "choices": {"label": labels, "text": texts}}) + "\n"
+
+
+@pytest.mark.parametrize("labels, texts, message", [
+    (list("ABCDE"), ["t"] * 4, "5 choice labels but 4 choice texts"), (list("ABCDE"), ["t"] * 6, "but 6 choice texts"),
+    (list("ABCD"), ["t"] * 4, "4 choices, but every csqa question has 5"), ("ABCDE", ["t"] * 5, "should be list")])
+def test_5_a_hub_csqa_record_with_the_wrong_choices_is_refused(tmp_path, tiny_bert_with_vocab, capsys, labels, texts,
+                                                              message):
+    """The Hugging Face export keeps the labels and the texts in two lists: one entry per choice in each."""
+    (tmp_path / "d").mkdir()
+    good = (FIX / "csqa_hub" / "validation.jsonl").read_text()
+    (tmp_path / "d" / "train.jsonl").write_text(good + csqa_hub_record(labels, texts))
+    shutil.copy(FIX / "csqa_hub" / "validation.jsonl", tmp_path / "d")
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "out", "--data-dir", str(tmp_path / "d")), capsys)
+    assert message in line and f"train.jsonl:line {len(good.splitlines()) + 1}" in line
+    assert not (tmp_path / "out").exists()
 
 
 # 6. --resume refuses changed data, model or teacher ---------------------------------------------------
@@ -256,6 +364,9 @@ INAPPLICABLE = [   # (mode, the flags of the run, the flag refused, a word of th
     ("one-shot", ["--oneshot", "0.5", "--epochs", "3"], "--epochs", "--oneshot"),
     ("one-shot", ["--oneshot", "0.5", "--teacher", "{teacher}"], "--teacher", "--oneshot"),
     ("one-shot", ["--oneshot", "0.5", "--keep-checkpoints"], "--keep-checkpoints", "--oneshot"),
+    ("one-shot GMP", ["--oneshot", "0.5", "--recomputations", "2"], "--recomputations", "--method gmp"),
+    ("one-shot GMP", ["--oneshot", "0.5", "--seed", "3"], "--seed", "reads no training data"),
+    ("one-shot GMP", ["--oneshot", "0.5", "--limit-train", "3"], "--limit-train", "reads no training data"),
 ]
 
 
@@ -324,16 +435,20 @@ def test_11_a_damaged_file_of_the_run_is_named_on_resume(tmp_path, tiny_bert_wit
     assert str(path) in line and ("truncated" in line or "corrupt" in line) and snapshot(out) == before
 
 
-@pytest.mark.parametrize("damage", ["vocab.txt not UTF-8", "tokenizer.json truncated", "config.json truncated"])
+@pytest.mark.parametrize("damage", ["vocab.txt not UTF-8", "tokenizer.json truncated", "config.json truncated",
+                                    "config.json not UTF-8", "id2label not a map"])
 def test_11_a_damaged_model_folder_is_named(tmp_path, tiny_bert_with_vocab, capsys, damage):
-    model = model_copy(tiny_bert_with_vocab, tmp_path / "m")
-    if damage == "vocab.txt not UTF-8":
+    broken = {"id2label": 5} if damage == "id2label not a map" else {}
+    model = model_copy(tiny_bert_with_vocab, tmp_path / "m", **broken)
+    if damage == "config.json not UTF-8":
+        (model / "config.json").write_bytes(b"\xff\xfe" + (model / "config.json").read_bytes())
+    elif damage == "vocab.txt not UTF-8":
         (model / "vocab.txt").write_bytes(b"[PAD]\n\xff\xfe\n")
     elif damage == "tokenizer.json truncated":
         from tokenizers import Tokenizer
         Tokenizer.from_str(data.load_tokenizer(model).to_str()).save(str(model / "tokenizer.json"))
         truncate(model / "tokenizer.json")
-    else:
+    elif damage == "config.json truncated":
         truncate(model / "config.json")
     line = refused(base_args(model, tmp_path / "out"), capsys)
     assert str(model) in line and not (tmp_path / "out").exists()
@@ -346,6 +461,14 @@ def test_12_a_squad_v2_record_without_an_answer_is_refused(tmp_path, squad_bert,
         first_qas(doc)[0]["answers"] = []
     line = refused(squad_args(squad_bert, tmp_path / "out", squad_dir(tmp_path, unanswerable)), capsys)
     assert "SQuAD v2" in line and "dev-v1.1.json:record 1" in line and not (tmp_path / "out").exists()
+
+
+def test_12_a_squad_question_too_long_for_the_windows_names_its_record(tmp_path, squad_bert, capsys):
+    def long_question(doc):        # 251 tokens: a window of 256 has no room for 128 shared context tokens
+        first_qas(doc)[1]["question"] = " ".join("abcdefghij" * 25) + "?"
+    line = refused(squad_args(squad_bert, tmp_path / "out", squad_dir(tmp_path, long_question)), capsys)
+    assert "SQuAD question 's2' is 251 tokens" in line and "--max-length 383" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_12_max_length_too_short_for_squads_windows_is_refused(tmp_path, squad_bert, capsys):
@@ -390,6 +513,38 @@ def test_13_a_disk_that_fills_is_said_and_leaves_no_tmp(tmp_path, tiny_bert_with
     line = refused(base_args(tiny_bert_with_vocab, tmp_path / "run"), capsys)
     assert "the disk is full" in line and "--resume" in line
     assert not list((tmp_path / "run").rglob("*.tmp")) and not (tmp_path / "run" / rundir.LOCK).exists()
+
+
+@pytest.mark.parametrize("fails", ["writing run.json", "deleting a file"])
+def test_13_a_folder_that_cannot_be_prepared_is_one_sentence_and_left_unlocked(run_copy, tiny_bert_with_vocab, capsys,
+                                                                             monkeypatch, fails):
+    """A full disk as run.json is written (a new folder), or a file --overwrite cannot delete: one sentence,
+    the lock released, and the same command works once the cause is gone."""
+    out = run_copy.parent / "new" if fails == "writing run.json" else run_copy
+    argv = base_args(tiny_bert_with_vocab, out, *([] if fails == "writing run.json" else ["--overwrite"]))
+    write_text, unlink = Path.write_text, Path.unlink
+
+    def full_disk(path, *a, **k):
+        if path.name == "run.json.tmp":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(path, *a, **k)
+
+    def not_permitted(path, *a, **k):
+        if path.name == "sparsity_report.txt":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return unlink(path, *a, **k)
+    if fails == "writing run.json":
+        monkeypatch.setattr(Path, "write_text", full_disk)
+    else:
+        monkeypatch.setattr(Path, "unlink", not_permitted)
+    record = (out / "run.json").read_text() if out.exists() else None
+    line = refused(argv, capsys)
+    assert ("the disk is full" if fails == "writing run.json" else "cannot be written") in line
+    assert "run the same command again" in line and not (out / rundir.LOCK).exists()
+    assert not out.exists() if record is None else (out / "run.json").read_text() == record   # its record kept
+    monkeypatch.undo()
+    train.main(argv)
+    assert (out / "results.json").is_file()
 
 
 @pytest.mark.parametrize("flag, value", [("--seed", str(2 ** 63)), ("--seed", "-1"), ("--temperature", "0.1")])
@@ -458,3 +613,58 @@ def test_15_a_run_estimated_at_over_a_day_says_so_and_goes_on(tmp_path, tiny_ber
     out = capsys.readouterr().out
     assert "this run is estimated at" in out and "days" in out and "it goes on" in out
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+# 9, 10, 14 (continued): every flag classified; flags that cannot do what they say; the teacher's
+# positions; Ctrl-C while the inputs are checked --------------------------------------------------------
+
+def test_9_every_flag_either_always_applies_or_has_a_rule():
+    """A new flag must be put in cli.FLAG_RULES (when it does nothing) or cli.ALWAYS_APPLIES: else it
+    could be silently ignored in some mode without anyone having decided so."""
+    dests = {a.dest for a in cli.parser()._actions if a.dest != "help"}
+    ruled = {name for flags, _, _ in cli.FLAG_RULES for name in flags}
+    assert dests - ruled - cli.ALWAYS_APPLIES == set()
+    assert not (cli.ALWAYS_APPLIES - dests), "ALWAYS_APPLIES names a flag the parser does not have"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--hardness", "0"], "--hardness 0 gives the KD loss no weight"),
+    (["--sparsity", "0.5", "--init-sparsity", "0.7"], "--init-sparsity 0.7 is above --sparsity 0.5"),
+])
+def test_9_flags_that_cannot_do_what_they_say_are_refused(tmp_path, tiny_bert_with_vocab, mc_teacher, capsys, flags,
+                                                          message):
+    line = refused(kd_args(tiny_bert_with_vocab, tmp_path / "out", *flags, teacher=mc_teacher), capsys)
+    assert message in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_10_a_teacher_with_fewer_positions_than_max_length_is_refused(tmp_path, tiny_bert_with_vocab, mc_teacher,
+                                                                       run_copy, capsys):
+    """The teacher reads the student's sequences: before anything is deleted, its positions are checked."""
+    teacher = tmp_path / "t"                     # a CSQA model with the student's vocabulary and 32 positions
+    save_tiny(teacher, "bert", arch="ForMultipleChoice", max_position_embeddings=32)
+    (teacher / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
+    capsys.readouterr()                          # transformers' progress bar, while saving it
+    before = snapshot(run_copy)
+    line = refused(kd_args(tiny_bert_with_vocab, run_copy, "--max-length", "48", "--overwrite", teacher=teacher), capsys)
+    assert f"--max-length 48 is longer than --teacher {teacher}'s 32 positions" in line, line
+    assert snapshot(run_copy) == before
+
+
+def test_14_ctrl_c_while_the_inputs_are_checked_is_one_line(tmp_path, tiny_bert_with_vocab, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "resolve", interrupted)
+    with pytest.raises(SystemExit) as e:
+        train.main(base_args(tiny_bert_with_vocab, tmp_path / "out"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and err == ["train.py: interrupted while checking the inputs; nothing was written."]
+    assert not (tmp_path / "out").exists()
+
+
+def test_9_keep_checkpoints_holds_for_the_resume_that_finishes_the_run(tmp_path, tiny_bert_with_vocab):
+    """--keep-checkpoints, given to a run that stops early, is not forgotten by the --resume that ends it."""
+    out = tmp_path / "out"
+    train.main(base_args(tiny_bert_with_vocab, out, "--keep-checkpoints", "--stop-after", "3", "--checkpoint-every", "1"))
+    train.main(base_args(tiny_bert_with_vocab, out, "--resume"))
+    assert (out / "results.json").is_file() and (out / "student" / "checkpoint.pt").is_file()
