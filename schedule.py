@@ -5,7 +5,9 @@ Kurtic, Hoefler & Alistarh (2024), section 4 ("scale the sparsity and learning-r
 with the target"), following the gradual schedule of Zhu & Gupta (2017) as accelerated in the
 oBERT (Kurtic et al. 2022, appendix) and GMP* (Kurtic & Alistarh 2022) recipes:
 
-  1. dense fine-tuning until the first pruning step t_0 (2/30 of training in the 30-epoch recipe);
+  1. dense fine-tuning until the first pruning step t_0 (2/30 of training in the 30-epoch recipe,
+     for the small models too: SparseML's 30epochs_init30_*.yaml recipes for 6- and 3-layer BERT
+     keep start_epoch 2, end_epoch 26 and update_frequency 4, changing only s_i);
   2. at t_0, one jump to the initial sparsity s_i (never above the target s_f): 0.7 for BERT-base
      and larger, 0.3 for models of fewer than 12 layers (`initial_sparsity`);
   3. at pruning steps every 4/30 of training until t_end (26/30), the cubic
