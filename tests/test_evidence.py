@@ -332,3 +332,23 @@ def test_cycles_figure_draws_from_the_records(fixtures):
     assert figures.schedule_label(res["cubic80-b2-s0"]["args"]) == "naive cubic from zero"
     figures.cycles_figure(res, fixtures / "c.png")                          # 90%: no runs, its panel says so
     assert 0 < (fixtures / "c.png").stat().st_size < 200_000
+
+
+def test_inference_table_shows_every_variant_at_each_batch_size(tmp_path):
+    """sparse.py's text -> one row per model: routed, all-CSR and all-SparseProp speed-ups and the routed
+    kernels at each batch size, the largest difference, the sizes; accuracies from the one-shot record."""
+    head = "model\tencoder sparsity\tbatch\tkernels\tms per batch\tsequences/s\tspeed-up\tmax |diff|\tmatrices"
+    body = [f"oneshot-0.9\t0.9000\t{b}\t{k}\t1\t1\t{x}\t{d}\t{m}" for b, k, x, d, m in [
+        (1, "dense", "1.00x", "0.00e+00", "dense 36"), (1, "all csr", "1.50x", "3.0e-08", "csr 36"),
+        (1, "all sparseprop", "0.70x", "2.0e-08", "sparseprop 36"), (1, "fastest per matrix", "1.40x", "1.0e-08",
+                                                                      "csr 30, dense 6"),
+        (32, "dense", "1.00x", "0.00e+00", "dense 36"), (32, "all csr", "0.90x", "3.0e-08", "csr 36"),
+        (32, "all sparseprop", "1.30x", "2.0e-08", "sparseprop 36"), (32, "fastest per matrix", "1.35x", "5.0e-08",
+                                                                       "dense 10, sparseprop 26")]]
+    path = tmp_path / "inference.txt"
+    path.write_text("\n".join(["# command: x", head, *body, "# storage: model\tMB\tMB after zlib",
+                               "# storage: oneshot-0.9\t90.9\t49.3"]) + "\n")
+    text = table.inference_table(path, {"oneshot": [{"sparsity": 0.9, "accuracy": 67.66}]})
+    assert ("| oneshot-0.9 | 90% | 67.66 | 1.40x | 1.50x | 0.70x | csr 30, dense 6 | 1.35x | 0.90x | 1.30x | "
+            "dense 10, sparseprop 26 | 5e-08 | 90.9 | 49.3 |") in text
+    assert "| routed, batch 1 | all CSR, batch 1 | all SparseProp, batch 1 | kernels routed, batch 1 |" in text
