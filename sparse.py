@@ -459,8 +459,8 @@ def header(argv) -> list[str]:
     import subprocess
     root = Path(__file__).resolve().parent
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                           text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"], cwd=root,
+                           capture_output=True, text=True).stdout      # the code only: not a results file
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                platform.machine()) if Path("/proc/cpuinfo").is_file() else platform.machine()
     return [f"# command: python sparse.py {shlex.join(argv)}",
