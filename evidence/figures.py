@@ -177,7 +177,9 @@ def main():
     recovery_figure(res, OUT / "recovery.png")
     if runs.CHOSEN_BUDGET is not None:
         cycles_figure(res, OUT / "cycles.png")
-    schedules_figure(OUT / "schedules.png")
+    per_epoch = -(-runs.LIMIT_TRAIN // 32)                # the miniature's batches of 32: 188 steps an epoch
+    schedules_figure(OUT / "schedules.png", steps=per_epoch * runs.TEACHER_EPOCHS * (runs.CHOSEN_BUDGET or 1),
+                     target=0.8)
     if "softmax" in res:
         softmax_figure(res["softmax"], OUT / "softmax.png")
     for p in sorted(OUT.glob("*.png")):
