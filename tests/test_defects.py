@@ -202,10 +202,16 @@ def test_2_resume_of_a_finished_run_deletes_checkpoints_under_the_lock_unless_ke
 # 3. nothing is deleted until everything that can fail before training was tried -------------------------
 
 @pytest.mark.parametrize("bad", ["--device cuda", "--device cuda:7", "--device tpu", "--device nonsense",
-                                 "no disk space", "not writable"])
+                                 "no disk space", "not writable", "--dtype bfloat16 on a GPU without it"])
 def test_3_overwrite_deletes_nothing_when_the_machine_cannot_run_it(run_copy, tiny_bert_with_vocab, capsys,
                                                                      monkeypatch, bad):
-    extra = bad.split() if bad.startswith("--") else []
+    extra = bad.split()[:2] if bad.startswith("--") else []
+    if bad.startswith("--dtype"):                 # a CUDA device that has no bfloat16 (pre-Ampere), faked
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "an old GPU")
+        extra += ["--device", "cuda"]
     if bad == "no disk space":
         monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 12, 10 ** 12, 1000))
     if bad == "not writable":
@@ -214,7 +220,8 @@ def test_3_overwrite_deletes_nothing_when_the_machine_cannot_run_it(run_copy, ti
         pytest.skip("this machine has CUDA")
     before = snapshot(run_copy)
     line = refused(base_args(tiny_bert_with_vocab, run_copy, "--overwrite", *extra), capsys)
-    assert {"no disk space": "GB free", "not writable": "cannot be written"}.get(bad, "--device") in line
+    assert {"no disk space": "GB free", "not writable": "cannot be written"}.get(
+        bad, "--dtype bfloat16, but an old GPU has no bfloat16" if bad.startswith("--dtype") else "--device") in line
     assert snapshot(run_copy) == before
 
 
@@ -585,6 +592,7 @@ def test_14_ctrl_c_names_the_last_checkpoint_and_resume_ends_bit_identical(tmp_p
 def test_15_a_cap_too_short_for_the_schedule_names_max_steps(tmp_path, tiny_bert_with_vocab, capsys):
     line = refused(base_args(tiny_bert_with_vocab, tmp_path / "out", "--max-steps", "3", "--epochs", "50"), capsys)
     assert "raise --max-steps, which caps it at 3" in line and "at least 4 steps" in line
+    assert not (tmp_path / "out").exists()
 
 
 def test_15_resume_of_a_folder_holding_no_run_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
