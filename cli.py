@@ -14,7 +14,7 @@ folder (rundir.py's `check_out_dir`). Nothing is written or deleted here: train.
 folder only after `resolve` has passed.
 
 How it connects: train.py's `main` calls `parse_args` and `resolve`, then, once the data is read,
-`check_holdout`, `student_schedule` and `warn_if_long`; the method choices come from prune.py's
+`student_schedule` and `warn_if_long` (and `load_data` calls `check_holdout`); the method choices come from prune.py's
 `METHODS`, the Fisher's size from obert.py's `fisher_bytes`, the config's checks from model.py,
 SparseProp's availability from sparse.py, and the output folder's rules from rundir.py.
 """
@@ -219,6 +219,7 @@ def resolve(args):
             check_same_vocabulary(args.model_folder, args.teacher)
             check_max_length(args.max_length, task, modeling.load_config(modeling.resolve_folder(args.teacher)),
                              f"--teacher {args.teacher}")
+        check_groups(args, student)
         if prune.METHODS[args.method].needs_fisher and (args.sparsity > 0 or args.oneshot):
             check_fisher_memory(args, student)
         if args.resume:
@@ -375,7 +376,10 @@ def check_resumable(args, task):
     out = Path(args.out_dir)
     for phase in ("teacher", "student"):
         if (out / phase / "checkpoint.pt").is_file():
-            read_checkpoint(out / phase / "checkpoint.pt", mmap=True)
+            step = read_checkpoint(out / phase / "checkpoint.pt", mmap=True)["step"]
+            if phase == "student" and args.stop_after is not None and args.stop_after <= step:
+                raise UsageError(f"--stop-after {args.stop_after} is at or before step {step}, where the student "
+                                 f"resumes, so it would stop nothing; pass a later step, or drop it.")
     if not args.teacher and (out / "teacher" / "model" / "config.json").is_file():
         load_weights(out / "teacher" / "model", task)
 
@@ -416,6 +420,21 @@ def check_numbers(args):
     if args.pattern == "4-block" and args.block_size != "row" and args.block_size % obert.GROUP:
         raise UsageError(f"--block-size {args.block_size} does not hold whole groups of 4 weights; pass a multiple of "
                          f"4 (the 4-block recipe's is 32).")
+
+
+def check_groups(args, model):
+    """N:M and 4-block prune groups of M (or 4) consecutive weights along each row of a matrix: every
+    prunable matrix's rows must hold whole groups, else a group would straddle two rows (and the
+    pruning step would fail at its reshape, maybe hours in)."""
+    nm = prune.parse_nm(args.pattern)
+    group = nm[1] if nm else obert.GROUP if args.pattern == "4-block" else None
+    if group is None or _dense(args):
+        return
+    for name in prune.prunable_names(model, args.prune_embeddings, args.prune_head):
+        width = model.get_parameter(name).shape[-1]
+        if width % group:
+            raise UsageError(f"--pattern {args.pattern} prunes groups of {group} weights along each row, but {name}'s "
+                             f"rows hold {width}, not a multiple of {group}; pass a pattern whose group divides {width}.")
 
 
 def check_fisher_memory(args, model):

@@ -113,7 +113,8 @@ CONFIG_RULES = {
     **{k: ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1)
        for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")},
     "layer_norm_eps": ("a number above 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
-    "initializer_range": ("a number above 0", lambda v: isinstance(v, (int, float)) and v > 0),
+    "initializer_range": ("a number above 0", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and v > 0),
     "classifier_dropout": ("null or a number in [0, 1)", lambda v: v is None or (isinstance(v, (int, float))
                                                                                 and not isinstance(v, bool) and 0 <= v < 1)),
     "model_type": ("bert or roberta", lambda v: v in ("bert", "roberta")),

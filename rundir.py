@@ -141,10 +141,14 @@ def check_out_dir(args):
     changed = differences(before, args)
     if changed:
         fix = ("pass that run's arguments to resume it, or another --out-dir" if args.resume else
+               "pass --overwrite to replace it, or another --out-dir" if args.oneshot else
                "pass --resume with that run's arguments to continue it, --overwrite to replace it, or another --out-dir")
         raise UsageError(f"{out} holds a different run ({'; '.join(changed[:3])}); {fix}.")
     if not args.resume and [p for p in ours if p != Path("run.json")]:
         state = "finished" if (out / "results.json").is_file() else "not finished"
+        if args.oneshot:                              # nothing to resume: one-shot keeps no checkpoint
+            raise UsageError(f"{out} already holds this one-shot run ({state}); pass --overwrite to run it again, or "
+                             f"another --out-dir.")
         raise UsageError(f"{out} already holds this run ({state}); pass --resume to continue it, or --overwrite "
                          f"to start it again.")
 
@@ -253,11 +257,18 @@ def take_lock(out: Path) -> Path:
             holder = lock_holder(out)
             if holder is None:
                 continue                                    # released in between: try again
+            if holder.get("pid") == os.getpid():            # never released by this process: a bug, not a wait
+                raise RunError(f"{lock} is held by this very process (pid {os.getpid()}), left by an earlier run in it; "
+                               f"delete it, then run the same command again")
             if not is_stale(holder):
                 check_lock(out)                             # raises, naming the holder
             remove_stale_lock(lock)                         # then try to create it again
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid())}, f)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid())}, f)
+    except BaseException:                           # a full disk: no empty lock that no one could tell stale
+        lock.unlink(missing_ok=True)
+        raise
     return lock
 
 
@@ -313,10 +324,12 @@ def prepare_out_dir(args, rt, fingerprints: dict) -> Path | None:
             if args.resume and before is not None:
                 check_fingerprints(before, fingerprints, out)
             start_folder(out, args, before, fingerprints)
-        except (UsageError, RunError, OSError) as e:     # the folder stays usable: unlocked, never half-deleted
+        except BaseException as e:        # the folder stays usable: unlocked, never half-deleted
             release_lock(lock)
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
+            if not isinstance(e, (UsageError, RunError, OSError)):
+                raise                     # Ctrl-C: train.py says it in one line
             error, lock = not_prepared(out, e), None
     if rt.distributed:               # every rank stops if rank 0 could not take the folder
         shared = [error]
@@ -354,7 +367,7 @@ def start_folder(out: Path, args, before: dict | None, fingerprints: dict):
         for rel in sorted(folders, key=lambda p: -len(p.parts)):
             if (out / rel).is_dir() and not (out / rel).is_symlink() and not any((out / rel).iterdir()):
                 (out / rel).rmdir()
-    if args.overwrite or before is None:
+    if args.overwrite or before is None or not args.resume:   # a new run (the folder may hold a dead one's run.json)
         record = {"written_by": WRITTEN_BY, **vars(args), "fingerprints": fingerprints, "written": ["run.json"]}
     else:                            # --resume: its record, with the list of files an older version never kept
         record = dict(before)
@@ -413,7 +426,7 @@ def append_line(path: Path, line: str):
         raise write_failed(path, e) from None
 
 
-def save_model(model, source, out: Path, rel: str):
+def save_model(model, source, out: Path, rel: str, fix=RESUME_FIX):
     """OUT/rel: model.py's save_pretrained (config.json and model.safetensors, each written atomically)
     and the tokenizer files of the model it started from: a complete folder for `transformers`."""
     from safetensors import SafetensorError
@@ -427,7 +440,7 @@ def save_model(model, source, out: Path, rel: str):
     except (OSError, RuntimeError, SafetensorError) as e:
         for tmp in folder.glob("*.tmp"):
             tmp.unlink()
-        raise write_failed(folder / "model.safetensors", e) from None
+        raise write_failed(folder / "model.safetensors", e, fix) from None
 
 
 def write_results(out: Path, results: dict, report: str, keep_checkpoints: bool) -> int:

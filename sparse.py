@@ -492,11 +492,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        if min(args.batch_sizes) < 1 or min(args.examples, args.repeats, args.route_repeats) < 1 or args.seq_len < 2:
-            raise ValueError
     except ValueError:
-        ap.exit(2, f"sparse.py: --batch-sizes, --examples, --repeats, --route-repeats and --seq-len must be whole "
-                   f"numbers of at least 1 (2 tokens), got {args.batch_sizes!r}.\n")
+        ap.exit(2, f"sparse.py: --batch-sizes takes whole numbers such as 1,32, not {args.batch_sizes!r}.\n")
+    for flag, value, least in (("--batch-sizes", min(args.batch_sizes), 1), ("--examples", args.examples, 1),
+                               ("--repeats", args.repeats, 1), ("--route-repeats", args.route_repeats, 1),
+                               ("--seq-len", args.seq_len, 2)):
+        if value < least:
+            ap.exit(2, f"sparse.py: {flag} is {value}, but it must be at least {least}; pass e.g. {flag} {max(least, 2)}.\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     lines = header(argv if argv is not None else sys.argv[1:])

@@ -534,7 +534,7 @@ def main(argv=None):
     except (UsageError, data.DataError, modeling.CheckpointError) as e:
         fail(e, rt)
     except KeyboardInterrupt:
-        fail("interrupted before anything was written.", rt, code=130)
+        fail("interrupted before training began; run the same command again.", rt, code=130)
     try:
         oneshot(args, d, rt) if args.oneshot else prune_while_training(args, d, sched, rt)
     except (NonFinite, rundir.RunError) as e:
@@ -562,6 +562,9 @@ def prune_while_training(args, d, sched, rt):
     # c) evaluate and export
     if not fitted.stopped:
         export(student, fitted, teacher_scores, d, args, rt, start)
+
+
+ONESHOT_FIX = "then run it again with --overwrite"     # one-shot keeps no checkpoint to resume from
 
 
 def oneshot(args, d, rt):
@@ -596,7 +599,7 @@ def oneshot(args, d, rt):
                          "holdout_metric": holdout_metric(model, d, 2 * args.batch_size, rt), "seconds": round(seconds, 1)})
             log(rt, f"one-shot {s:g}: {rows[-1]['metric']} ({seconds:.0f} s)")
             if args.export:
-                rundir.save_model(model, args.model_folder, out, f"oneshot-{s:g}")
+                rundir.save_model(model, args.model_folder, out, f"oneshot-{s:g}", fix=ONESHOT_FIX)
         del model
     if rt.rank == 0:
         title = (f"one-shot {args.method}, {args.recomputations} recomputation(s), {args.model}, "
@@ -608,7 +611,7 @@ def oneshot(args, d, rt):
         print("\n".join(lines), flush=True)
         rundir.claim(out, "results.json")
         rundir.write_atomic(out / "results.json", json.dumps({"task": args.task, "oneshot": rows, "fisher_seconds": fisher_seconds,
-                                                       "table": lines, "args": vars(args)}, indent=1))
+                                                       "table": lines, "args": vars(args)}, indent=1), fix=ONESHOT_FIX)
 
 
 def fail(message, rt=None, code=2):

@@ -10,7 +10,8 @@
   resolved arguments), not from constants;
 - schedules.png: the sparsity and learning-rate schedules of the recipe (a jump to 30%, the first
   jump for MiniLM's 6 layers, then the cubic) against the naive cubic from zero, as
-  `python schedule.py --sparsity 0.9 --steps N --init-sparsity 0.3 [--schedule cubic]` prints them;
+  `python schedule.py --sparsity 0.8 --steps 752 --init-sparsity 0.3 --lr 5e-5 --lr-min 5e-6
+  [--schedule cubic]` prints them (752 steps: the chosen budget);
 - softmax.png: the teacher's softmax at T = 1, 2 and 5.5 on real dev sentences
   (evidence/results/softmax.json, made by evidence/softmax.py).
 

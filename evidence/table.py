@@ -1,7 +1,7 @@
-"""The README's evidence tables, made from the committed results files and nothing else (issue 15).
+"""The README's evidence tables, made from the committed results files and nothing else.
 
 evidence/runs.py runs the miniature and writes one file per run to evidence/results/ (NAME.json,
-NAME being the row and the seed, `gmp80-s1`); bench.py's output is kept there as bench-*.txt.
+NAME being the row and the seed, `gmp80-b2-s1`); bench.py's output is kept there as bench-*.txt.
 This script reads them and prints every table of the README's evidence, benchmark and
 what-sparsity-buys sections, each between two markers that the README carries:
 

@@ -676,3 +676,66 @@ def test_9_keep_checkpoints_holds_for_the_resume_that_finishes_the_run(tmp_path,
     train.main(base_args(tiny_bert_with_vocab, out, "--keep-checkpoints", "--stop-after", "3", "--checkpoint-every", "1"))
     train.main(base_args(tiny_bert_with_vocab, out, "--resume"))
     assert (out / "results.json").is_file() and (out / "student" / "checkpoint.pt").is_file()
+
+
+# After review: more of the same classes ------------------------------------------------------------
+
+def test_10_a_pattern_whose_groups_straddle_rows_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
+    """2:4 groups 4 consecutive weights of a row; the tiny model's output matrices have rows of 37."""
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / "out", "--pattern", "2:4", "--sparsity", "0.5"), capsys)
+    assert "groups of 4 weights along each row" in line and "rows hold 37" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_9_stop_after_at_or_before_the_resumed_step_is_refused(tmp_path, tiny_bert_with_vocab, capsys):
+    out = tmp_path / "out"
+    train.main(base_args(tiny_bert_with_vocab, out, "--stop-after", "6", "--checkpoint-every", "1"))
+    before = snapshot(out)
+    line = refused(base_args(tiny_bert_with_vocab, out, "--resume", "--stop-after", "4"), capsys)
+    assert "--stop-after 4 is at or before step 6, where the student resumes" in line, line
+    assert snapshot(out) == before
+
+
+def test_15_a_finished_one_shot_run_says_overwrite_never_resume(tmp_path, mc_teacher, capsys):
+    argv = ["--task", "csqa", "--model", str(mc_teacher), "--data-dir", str(FIX), "--batch-size", "1",
+            "--out-dir", str(tmp_path / "out"), "--oneshot", "0.5"]
+    train.main(argv)
+    before = snapshot(tmp_path / "out")
+    line = refused(argv, capsys)
+    assert "already holds this one-shot run (finished); pass --overwrite" in line and "--resume" not in line, line
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_6_a_new_run_in_a_folder_holding_a_dead_runs_record_writes_its_own(tmp_path, tiny_bert_with_vocab):
+    """A run killed before it wrote anything but run.json is started again without --resume: the record
+    is the new run's (its fingerprints and flags), not the dead one's, or a later --resume would be
+    checked against the wrong data."""
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"written_by": rundir.WRITTEN_BY, "fingerprints": {"data": "stale"}, "keep_checkpoints": True,
+              "written": ["run.json"]}
+    argv = base_args(tiny_bert_with_vocab, out)
+    args = cli.resolve(cli.parse_args(argv))
+    (out / "run.json").write_text(json.dumps({**record, **rundir.run_defining(vars(args))}))
+    train.main(argv)
+    now = json.loads((out / "run.json").read_text())
+    assert now["fingerprints"]["data"] != "stale" and now["keep_checkpoints"] is False
+
+
+def test_2_ctrl_c_while_the_folder_is_prepared_leaves_it_unlocked(tmp_path, tiny_bert_with_vocab, capsys,
+                                                                    monkeypatch):
+    def interrupted(*a):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rundir, "start_folder", interrupted)
+    with pytest.raises(SystemExit) as e:
+        train.main(base_args(tiny_bert_with_vocab, tmp_path / "out"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 130 and err == ["train.py: interrupted before training began; run the same command again."]
+    assert not (tmp_path / "out").exists()                  # it made the folder, and took it away again
+
+
+def test_2_a_lock_this_process_still_holds_is_an_error_not_a_wait(tmp_path):
+    (tmp_path / rundir.LOCK).write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                                   "started": rundir.process_start(os.getpid())}))
+    with pytest.raises(rundir.RunError, match="held by this very process"):
+        rundir.take_lock(tmp_path)
