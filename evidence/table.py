@@ -228,14 +228,12 @@ def comparison_rows(res: dict, comparisons, name_at) -> list[list[str]]:
 def guidelines_table(res: dict) -> str:
     if runs.CHOSEN_BUDGET is None:
         return "not run: the budget study chooses the budget first"
-    rows = comparison_rows(res, COMPARISONS, at_budget)
-    rows += comparison_rows(res, [("2. a longer schedule (the chosen budget rather than one teacher budget)",
-                                   f"gmp{{p}}-b{runs.CHOSEN_BUDGET}", "gmp{p}-b1", ("80", "90"))],
-                            lambda n, p: n.format(p=p))
     B = runs.CHOSEN_BUDGET
-    rows += comparison_rows(res, [(f"2. longer still ({2 * B} teacher budgets rather than the chosen {B})",
-                                   f"gmp{{p}}-b{2 * B}", f"gmp{{p}}-b{B}", ("80", "90"))],
-                            lambda n, p: n.format(p=p))
+    longer = [("2. a longer schedule (the chosen budget rather than one teacher budget)",
+               f"gmp{{p}}-b{B}", "gmp{p}-b1", ("80", "90")),
+              (f"2. longer still ({2 * B} teacher budgets rather than the chosen {B})",
+               f"gmp{{p}}-b{2 * B}", f"gmp{{p}}-b{B}", ("80", "90"))]
+    rows = comparison_rows(res, COMPARISONS, at_budget) + comparison_rows(res, longer, lambda n, p: n.format(p=p))
     return table(["guideline", "at", "runs compared", "dev difference (points)", "spread (std + std)",
                   "shown beyond the spread?", "per seed", "seeds in common", "held-out difference (shown?)"], rows,
                  "lllrrllrl")
