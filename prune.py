@@ -125,7 +125,7 @@ def kth_smallest(scores: list[torch.Tensor], k: int, sharded=False) -> float:
         return torch.quantile(sample, p).item() if 0.0 < p < 1.0 else None
     for widen in (1, 8, 64, float("inf")):
         lo, hi = bound(q - widen * margin), bound(q + widen * margin)
-        below, band = 0, [torch.zeros(0, dtype=scores[0].dtype if scores else torch.float64)]
+        below, band = 0, [scores[0].new_zeros(0) if scores else torch.zeros(0, dtype=torch.float64)]  # on their device
         for s in scores:
             inside = torch.isfinite(s)
             if lo is not None:

@@ -59,6 +59,23 @@ def test_kth_smallest_matches_kthvalue_on_many_values(seed):
         assert P.kth_smallest(x, k) == torch.kthvalue(allx, k).values.item()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+@pytest.mark.parametrize("scope, pattern, sparsity", [("global", "unstructured", 0.8), ("layer", "unstructured", 0.9),
+                                                      ("global", "2:4", 0.5), ("global", "4-block", 0.8)])
+def test_masks_on_cuda_equal_masks_on_cpu(scope, pattern, sparsity):
+    """The selection on CUDA tensors (a student trained on a GPU) is the CPU's, mask for mask; a CPU
+    tensor made inside it once broke every GPU run at its first pruning step."""
+    g = torch.Generator().manual_seed(0)
+    params = {f"w{i}": torch.randn(64, 96, generator=g) for i in range(3)}
+    cpu = P.magnitude_masks(params, sparsity, scope, pattern)
+    on_cuda = {n: p.cuda() for n, p in params.items()}
+    gpu = P.magnitude_masks(on_cuda, sparsity, scope, pattern)
+    again = P.magnitude_masks(on_cuda, min(sparsity + 0.05, 0.95) if pattern == "unstructured" else sparsity,
+                              scope, pattern, masks=gpu)           # a later step, from the earlier masks
+    assert all(gpu[n].is_cuda and torch.equal(cpu[n], gpu[n].cpu()) for n in params)
+    assert all(not (again[n] & ~gpu[n]).any() for n in params)
+
+
 def test_pruned_weights_never_revive_and_masks_grow():
     params = {"w": torch.randn(8, 8)}
     m1 = P.magnitude_masks(params, 0.5)
