@@ -420,13 +420,62 @@ def compute_table(res: dict) -> str:
     return table(["runs", "count", "minutes (wall time of the commands, one after another)"], rows, "lrr")
 
 
+PAPER_ROWS = [   # (run, what it is): evidence/paper_tasks.py's runs, in the order the table shows them
+    ("csqa-teacher-lr1e-05", "dense teacher, lr 1e-5 (the recipe's), 5 epochs"),
+    ("csqa-teacher-lr5e-05", "dense teacher, lr 5e-5, 5 epochs"),
+    ("csqa-gmp80", "the recipe (GMP), 10 epochs"), ("csqa-gmp90", "the recipe (GMP), 10 epochs"),
+    ("csqa-obert80", "the recipe with oBERT (1024 gradients)"),
+    ("csqa-cubic80", "guideline 2 against: naive cubic from 0%"),
+    ("csqa-t1-80", "guideline 3 against: KD at T = 1"), ("csqa-nokd80", "guideline 3 against: no KD"),
+    ("csqa-embhead80", "guideline 1 against: embeddings and head pruned too"),
+    ("winogrande-teacher-lr1e-05", "dense teacher, lr 1e-5 (the recipe's), 2 epochs"),
+    ("winogrande-teacher-lr5e-05", "dense teacher, lr 5e-5, 2 epochs"),
+    ("winogrande-gmp80", "the recipe (GMP), 2 epochs")]
+
+
+def paper_table(paper: dict) -> str:
+    """evidence/paper_tasks.py's runs (one seed, on a GPU): each run's dev accuracy and, for a
+    student, its difference from the teacher it distilled from (a run without KD: from its task's
+    better teacher, the one the others distilled from). A run stopped at the deadline shows the
+    accuracy after its last pruning cycle."""
+    best = {}
+    for name, r in paper.items():
+        task = name.split("-")[0]
+        if "-teacher-" in name and r.get("finished"):
+            best[task] = max(best.get(task, -1.0), r["metric"]["accuracy"])
+    rows = []
+    for name, what in PAPER_ROWS:
+        if name not in paper:
+            continue
+        r, task = paper[name], name.split("-")[0]
+        if r.get("finished"):
+            acc, note = r["metric"]["accuracy"], ""
+        else:
+            last = (r.get("cycle_evals") or [{}])[-1]
+            acc, note = last.get("accuracy"), f" (stopped at step {last.get('step')})"
+        teacher = (r.get("teacher_metric") or {}).get("accuracy", best.get(task))
+        student = "-teacher-" not in name
+        rows.append([{"csqa": "CommonsenseQA", "winogrande": "WinoGrande"}[task], what,
+                     f"{(r.get('sparsity') or {}).get('encoder', r.get('target_sparsity', 0)):.0%}",
+                     "" if acc is None else f"{acc:.2f}{note}",
+                     f"{acc - teacher:+.2f}" if student and acc is not None and teacher is not None else "",
+                     f"{r['command_seconds'] / 60:.1f}"])
+    if not rows:
+        return "(no runs of evidence/paper_tasks.py yet)"
+    return table(["task", "run (seed 0, MiniLM-L6, bf16 autocast on one H200)", "encoder sparsity", "dev accuracy",
+                  "minus its teacher", "minutes (sharing the GPU)"], rows, "llrrrr")
+
+
 def render(folder: Path = RESULTS) -> dict[str, str]:
     """{table name: markdown} for every table the README carries."""
-    res, old = load(folder), load(folder / "v1")          # this miniature; the first one (188 steps)
+    every, old = load(folder), load(folder / "v1")        # this miniature (and the GPU's); the first one
+    res = {n: r for n, r in every.items() if not n.startswith("paper-")}
+    paper = {n.removeprefix("paper-"): r for n, r in every.items() if n.startswith("paper-")}   # paper_tasks.py
     out = {"cost-bert-base": cost_table("bert-base-uncased"), "cost-roberta-large": cost_table("roberta-large"),
            "budget": budget_table(res), "sst2": chosen_table(res), "guidelines": guidelines_table(res),
            "short-budget": short_budget_table(old), "oneshot": oneshot_table(old), "wall": wall_table(old),
-           "softmax": softmax_table(res), "compute": compute_table(res)}
+           "softmax": softmax_table(res), "compute": compute_table(res),
+           "paper-tasks": paper_table(paper)}
     for name in ("bench-cpu", "bench-cpu-sparse"):
         if (folder / f"{name}.txt").is_file():
             out[name] = bench_table(folder / f"{name}.txt")

@@ -352,3 +352,26 @@ def test_inference_table_shows_every_variant_at_each_batch_size(tmp_path):
     assert ("| oneshot-0.9 | 90% | 67.66 | 1.40x | 1.50x | 0.70x | csr 30, dense 6 | 1.35x | 0.90x | 1.30x | "
             "dense 10, sparseprop 26 | 5e-08 | 90.9 | 49.3 |") in text
     assert "| routed, batch 1 | all CSR, batch 1 | all SparseProp, batch 1 | kernels routed, batch 1 |" in text
+
+
+def test_paper_tasks_table_gaps_from_the_teacher_and_a_stopped_run(tmp_path):
+    """evidence/paper_tasks.py's records: kept out of the miniature's tables (the compute table counts
+    none of them); a student's gap is from the teacher it distilled from, a run without KD's from its
+    task's better teacher; a run stopped at the deadline shows its last pruning cycle."""
+    write(tmp_path, "teacher-s0", 85.0)
+    for name, acc in (("csqa-teacher-lr1e-05", 44.0), ("csqa-teacher-lr5e-05", 47.0)):
+        write(tmp_path, f"paper-{name}", acc, seed=0, finished=True, sparsity={"encoder": 0.0})
+    write(tmp_path, "paper-csqa-gmp80", 33.0, seed=0, finished=True, sparsity={"encoder": 0.8},
+          teacher_metric={"accuracy": 46.5})
+    write(tmp_path, "paper-csqa-nokd80", 30.0, seed=0, finished=True, sparsity={"encoder": 0.8})
+    write(tmp_path, "paper-csqa-obert80", 0.0, seed=0, finished=False, target_sparsity=0.8,
+          cycle_evals=[{"step": 406, "sparsity": 0.0, "accuracy": 39.0}, {"step": 1218, "sparsity": 0.3, "accuracy": 41.5}])
+    tables = table.render(tmp_path)
+    md = tables["paper-tasks"]
+    assert row_of(md, "lr 5e-5").split("|")[4].strip() == "47.00"
+    assert row_of(md, "the recipe (GMP)").split("|")[5].strip() == "-13.50"      # from its recorded teacher
+    assert row_of(md, "no KD").split("|")[5].strip() == "-17.00"                 # from the better teacher
+    assert row_of(md, "oBERT").split("|")[4].strip() == "41.50 (stopped at step 1218)"
+    assert "WinoGrande" not in md
+    assert row_of(tables["compute"], "| all |").split("|")[2].strip() == "1"     # teacher-s0 alone
+    assert table.paper_table({}) == "(no runs of evidence/paper_tasks.py yet)"
