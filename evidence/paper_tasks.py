@@ -7,27 +7,35 @@ parameters, not the paper's 355M RoBERTa-large), on the full training sets, with
 the few minutes of one GPU that a session may be lent.
 
 Every command is train.py's own recipe for its task (the Task record: students 10 epochs at lr 1e-5,
-decayed to 1e-6 and re-warmed every cycle, batch 16, weight decay 0.01, KD at T = 5.5 and hardness
-1.0, the accelerated schedule from 30% for 6 layers, encoder only), plus what the row changes. Two
-phases, each run in parallel (--jobs processes share the GPU: a 22M model leaves an H200 mostly idle
-and each process is bound by its own Python, not by the GPU):
+decayed to 1e-6 and re-warmed every cycle after a 5% warm-up, batch 16, weight decay 0.01, KD at
+T = 5.5 and hardness 1.0, the accelerated schedule from 30% for 6 layers, encoder only; bf16
+autocast, train.py's default on CUDA), plus what the row changes. Two phases, each run in parallel
+(--jobs processes share the GPU, each with OMP_NUM_THREADS=1: a 22M model leaves an H200 mostly
+idle and each process is bound by its own Python, not by the GPU):
 
   1. the dense teachers, per task at the recipe's teacher lr 1e-5 and at 5e-5 (a model 16x smaller
-     than RoBERTa-large may need the larger);
-  2. the students, each distilled from the better teacher of its task by dev accuracy (its record
-     names the one it used; that choice is made on dev, as the recipe's own lr was).
+     than RoBERTa-large may need the larger). They are `--sparsity 0` runs, like runs.py's SST-2
+     teachers: their lr decays to a tenth, where train.py's own teacher phase decays to zero;
+  2. the students, each distilled from the better teacher of its task by dev accuracy (its
+     command's --teacher names it; that choice is made on dev, as the recipe's own lr was).
 
 WinoGrande's xl training set is 40,398 sentence pairs, four times CommonsenseQA's: its teachers train
 2 epochs instead of 5 and its student 2 (one teacher budget), to fit the minutes. A run that has
-not ended by --deadline is interrupted (train.py's Ctrl-C: it stops at once) and recorded with
-"finished": false and the accuracy after each pruning cycle it reached.
+not ended by --deadline is interrupted once, as by Ctrl-C (train.py stops and says where), killed a
+minute later if it has not stopped, and recorded with "finished": false and the accuracy after each
+pruning cycle it reached. A run whose record says it finished is not run again (a teacher is, if
+its model is not on this machine and students still need it).
 
-Records go to evidence/results/paper-NAME.json, in runs.py's format (its trim()), plus the teacher
-used, the GPU, and the seconds. evidence/table.py makes the README's table of them.
+Records go to evidence/results/paper-NAME.json, in runs.py's format (its trim()), plus whether the
+run finished, the GPU, and the seconds. evidence/table.py makes the README's table of them. The
+recorded runs (one H200, 9.5 minutes) were these two commands side by side; their --deadline 530
+never fired (the shell started them in the background with Ctrl-C ignored, which train.py
+inherited; fixed since, see default_sigint), and every run ended on its own, the last at 572 s.
+To rerun them, give a deadline of 600 or more, or none:
 
     python evidence/paper_tasks.py --data-dir ../shared/data --list
-    python evidence/paper_tasks.py --data-dir ../shared/data --deadline 470 --tasks csqa &
-    python evidence/paper_tasks.py --data-dir ../shared/data --deadline 470 --tasks winogrande --jobs 2
+    python evidence/paper_tasks.py --data-dir ../shared/data --tasks csqa --jobs 7 &
+    python evidence/paper_tasks.py --data-dir ../shared/data --tasks winogrande --jobs 2
 """
 import argparse
 import json
@@ -79,28 +87,52 @@ def base(task: str, data_dir: str | None) -> list[str]:
     return ["--task", task, *(["--data-dir", data_dir] if data_dir else []), "--seed", "0"]
 
 
-def command(name: str, args: list[str], extra: list[str]) -> list[str]:
-    return [sys.executable, "train.py", *args, *extra, "--out-dir", str(OUT / name)]
+def command(name: str, args: list[str], extra: list[str], runs_dir: Path) -> list[str]:
+    return [sys.executable, "train.py", *args, *extra, "--out-dir", str(runs_dir / name)]
+
+
+def out_dir(cmd: list[str]) -> Path:
+    return ROOT / cmd[cmd.index("--out-dir") + 1]
+
+
+def finished(name: str, results: Path) -> bool:
+    path = results / f"paper-{name}.json"
+    return path.is_file() and json.loads(path.read_text()).get("finished", False)
+
+
+def default_sigint():
+    """In the child, before train.py starts: Ctrl-C's default. A shell starts a background job (`&`)
+    with SIGINT ignored, its children inherit that, and Python then never raises KeyboardInterrupt:
+    the deadline's SIGINT would do nothing (it did nothing in the recorded GPU run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_phase(jobs: list[tuple[str, list[str]]], width: int, deadline: float, M: str, meta: dict,
               results: Path) -> dict:
-    """Run the commands `width` at a time; interrupt what is still running at `deadline` (time.time()).
-    Returns {name: record}, every record written to evidence/results/paper-NAME.json."""
-    waiting, running, done = list(jobs), {}, {}
+    """Run the commands `width` at a time (OMP_NUM_THREADS=1 each: 16 cores, up to 9 processes);
+    at `deadline` (time.time()) interrupt what still runs, once, as Ctrl-C would (train.py stops and
+    says where), and kill what has not stopped a minute later. Returns {name: record}, every record
+    written to results/paper-NAME.json."""
+    waiting, running, done, interrupted = list(jobs), {}, {}, None
     while waiting or running:
         while waiting and len(running) < width and time.time() < deadline:
             name, cmd = waiting.pop(0)
-            (ROOT / OUT).mkdir(parents=True, exist_ok=True)
-            log = open(ROOT / OUT / f"{name}.out", "w")
+            if out_dir(cmd).exists():                         # an earlier attempt's: train.py deletes only its own
+                cmd = cmd + ["--overwrite"]
+            out_dir(cmd).parent.mkdir(parents=True, exist_ok=True)
+            log = open(out_dir(cmd).parent / f"{name}.out", "w")
             print(f"== {name}: {runs.shell(cmd, M)}", flush=True)
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-            running[name] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
-                             cmd, time.time(), log)
-        if time.time() >= deadline:
+            running[name] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                              preexec_fn=default_sigint), cmd, time.time(), log)
+        if time.time() >= deadline and interrupted is None:
             waiting.clear()                                   # never started: no record
+            interrupted = time.time()
             for p, *_ in running.values():
-                p.send_signal(signal.SIGINT)                  # train.py's Ctrl-C: stop now, say where
+                p.send_signal(signal.SIGINT)
+        if interrupted is not None and time.time() > interrupted + 60:
+            for p, *_ in running.values():
+                p.kill()
         time.sleep(2)
         for name in [n for n, (p, *_) in running.items() if p.poll() is not None]:
             p, cmd, t0, log = running.pop(name)
@@ -112,13 +144,13 @@ def run_phase(jobs: list[tuple[str, list[str]]], width: int, deadline: float, M:
 
 
 def record(name: str, cmd: list[str], rc: int, seconds: float, M: str, meta: dict, results_dir: Path) -> dict:
-    out = ROOT / OUT / name
+    out = out_dir(cmd)
     finished = rc == 0 and (out / "results.json").is_file()
     results = json.loads((out / "results.json").read_text()) if finished else {}
     rec = {"name": f"paper-{name}", "command": runs.shell(cmd, M), "finished": finished, "exit_code": rc,
            "seed": 0, "command_seconds": seconds, **meta, **runs.trim(results, out / "student" / "log.jsonl")}
     if not finished:
-        rec["tail"] = (ROOT / OUT / f"{name}.out").read_text()[-600:]  # the last lines it printed
+        rec["tail"] = (out.parent / f"{name}.out").read_text()[-600:]  # the last lines it printed
     tmp = results_dir / f"paper-{name}.json.tmp"             # whole or absent, as runs.py's records
     tmp.write_text(json.dumps(rec, indent=1) + "\n")
     os.replace(tmp, results_dir / f"paper-{name}.json")
@@ -144,6 +176,8 @@ def main():
                    "limits, e.g. '--limit-train 64 --max-steps 10'); recorded in each command")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the records go (default: "
                    "evidence/results; a smoke test's elsewhere)")
+    p.add_argument("--runs-dir", type=Path, default=OUT, help="where the runs' folders go, relative to the "
+                   "repository (default: runs/paper; a smoke test's elsewhere)")
     p.add_argument("--tasks", default="csqa,winogrande", help="the tasks to run (two processes, one per task, "
                    "let one task's students start while the other's teachers still train)")
     p.add_argument("--list", action="store_true", help="print the commands and stop")
@@ -157,27 +191,34 @@ def main():
     mine = lambda jobs: [(n, a) for n, a in jobs if n.split("-")[0] in tasks]   # noqa: E731
     if args.list:
         for name, a in mine(teachers(M, args.data_dir) + students(M, args.data_dir)):
-            print(f"{name:20} {runs.shell(command(name, a, extra), M)}")
+            print(f"{name:20} {runs.shell(command(name, a, extra, args.runs_dir), M)}")
         return
     args.results_dir.mkdir(parents=True, exist_ok=True)
     meta = {"commit": args.commit or runs.commit(), "machine": machine()}
     deadline = start + args.deadline
-    first = run_phase([(n, command(n, a, extra)) for n, a in mine(teachers(M, args.data_dir))], args.jobs, deadline, M, meta,
-                      args.results_dir)
+    # 1. the teachers: a finished one whose model is still here is not run again
+    todo = [(n, command(n, a, extra, args.runs_dir)) for n, a in mine(teachers(M, args.data_dir))]
+    kept = {n: json.loads((args.results_dir / f"paper-{n}.json").read_text()) for n, c in todo
+            if finished(n, args.results_dir) and (out_dir(c) / "model").is_dir()}
+    first = {**kept, **run_phase([(n, c) for n, c in todo if n not in kept], args.jobs, deadline, M, meta,
+                                 args.results_dir)}
     best = {}                                                  # task -> the finished teacher with the best dev
     for name, rec in first.items():
         task = name.split("-")[0]
         acc = (rec.get("metric") or {}).get("accuracy")
         if rec["finished"] and acc is not None and acc > best.get(task, (None, -1))[1]:
             best[task] = (name, acc)
+    # 2. the students, from their task's better teacher; a finished one is not run again
     second = []
     for name, a in mine(students(M, args.data_dir)):
         task = name.split("-")[0]
+        if finished(name, args.results_dir):
+            continue
         if task not in best:
             print(f"== {name}: skipped, no teacher of {task} finished", flush=True)
             continue
-        teacher = str(OUT / best[task][0] / "model")
-        second.append((name, command(name, [x.replace("{teacher}", teacher) for x in a], extra)))
+        teacher = str(args.runs_dir / best[task][0] / "model")
+        second.append((name, command(name, [x.replace("{teacher}", teacher) for x in a], extra, args.runs_dir)))
     run_phase(second, args.jobs, deadline, M, meta, args.results_dir)     # each command names its --teacher
     print(f"== all ended in {time.time() - start:.0f} s", flush=True)
 

@@ -437,7 +437,7 @@ def paper_table(paper: dict) -> str:
     """evidence/paper_tasks.py's runs (one seed, on a GPU): each run's dev accuracy and, for a
     student, its difference from the teacher it distilled from (a run without KD: from its task's
     better teacher, the one the others distilled from). A run stopped at the deadline shows the
-    accuracy after its last pruning cycle."""
+    accuracy and sparsity after its last pruning cycle."""
     best = {}
     for name, r in paper.items():
         task = name.split("-")[0]
@@ -449,15 +449,16 @@ def paper_table(paper: dict) -> str:
             continue
         r, task = paper[name], name.split("-")[0]
         if r.get("finished"):
-            acc, note = r["metric"]["accuracy"], ""
+            acc, sparsity, note = r["metric"]["accuracy"], f"{r['sparsity']['encoder']:.0%}", ""
+        elif r.get("cycle_evals"):                     # stopped: where its last pruning cycle left it
+            last = r["cycle_evals"][-1]
+            acc, sparsity, note = last["accuracy"], f"{last['sparsity']:.0%}", f" (stopped at step {last['step']})"
         else:
-            last = (r.get("cycle_evals") or [{}])[-1]
-            acc, note = last.get("accuracy"), f" (stopped at step {last.get('step')})"
+            acc, sparsity, note = None, "", "stopped before its first pruning cycle"
         teacher = (r.get("teacher_metric") or {}).get("accuracy", best.get(task))
         student = "-teacher-" not in name
-        rows.append([{"csqa": "CommonsenseQA", "winogrande": "WinoGrande"}[task], what,
-                     f"{(r.get('sparsity') or {}).get('encoder', r.get('target_sparsity', 0)):.0%}",
-                     "" if acc is None else f"{acc:.2f}{note}",
+        rows.append([{"csqa": "CommonsenseQA", "winogrande": "WinoGrande"}[task], what, sparsity,
+                     note if acc is None else f"{acc:.2f}{note}",
                      f"{acc - teacher:+.2f}" if student and acc is not None and teacher is not None else "",
                      f"{r['command_seconds'] / 60:.1f}"])
     if not rows:

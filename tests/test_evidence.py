@@ -364,14 +364,48 @@ def test_paper_tasks_table_gaps_from_the_teacher_and_a_stopped_run(tmp_path):
     write(tmp_path, "paper-csqa-gmp80", 33.0, seed=0, finished=True, sparsity={"encoder": 0.8},
           teacher_metric={"accuracy": 46.5})
     write(tmp_path, "paper-csqa-nokd80", 30.0, seed=0, finished=True, sparsity={"encoder": 0.8})
-    write(tmp_path, "paper-csqa-obert80", 0.0, seed=0, finished=False, target_sparsity=0.8,
+    write(tmp_path, "paper-csqa-obert80", 0.0, seed=0, finished=False,
           cycle_evals=[{"step": 406, "sparsity": 0.0, "accuracy": 39.0}, {"step": 1218, "sparsity": 0.3, "accuracy": 41.5}])
+    write(tmp_path, "paper-csqa-t1-80", 0.0, seed=0, finished=False)        # stopped before any cycle
+    for name in ("paper-csqa-obert80", "paper-csqa-t1-80"):               # as record() writes a stopped run
+        rec = json.loads((tmp_path / f"{name}.json").read_text())
+        (tmp_path / f"{name}.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "metric"}))
     tables = table.render(tmp_path)
     md = tables["paper-tasks"]
     assert row_of(md, "lr 5e-5").split("|")[4].strip() == "47.00"
     assert row_of(md, "the recipe (GMP)").split("|")[5].strip() == "-13.50"      # from its recorded teacher
     assert row_of(md, "no KD").split("|")[5].strip() == "-17.00"                 # from the better teacher
-    assert row_of(md, "oBERT").split("|")[4].strip() == "41.50 (stopped at step 1218)"
+    assert [c.strip() for c in row_of(md, "oBERT").split("|")[3:5]] == ["30%", "41.50 (stopped at step 1218)"]
+    assert row_of(md, "T = 1").split("|")[4].strip() == "stopped before its first pruning cycle"
     assert "WinoGrande" not in md
     assert row_of(tables["compute"], "| all |").split("|")[2].strip() == "1"     # teacher-s0 alone
     assert table.paper_table({}) == "(no runs of evidence/paper_tasks.py yet)"
+
+
+def test_paper_tasks_deadline_interrupts_a_run_started_from_a_background_shell(tmp_path, monkeypatch):
+    """A shell starts `paper_tasks.py ... &` with Ctrl-C ignored, and its children inherit that: the
+    deadline's SIGINT must still stop a run (it did nothing in the recorded GPU run), and the record
+    keep the accuracy of the cycles the run reached."""
+    import signal
+    import sys
+    import time
+    pt = load_module("paper_tasks")
+    monkeypatch.setattr(pt, "ROOT", tmp_path)
+    slow = tmp_path / "slow.py"                      # a stand-in for train.py: one pruning cycle, then a long wait
+    slow.write_text("import json, pathlib, sys, time\n"
+                    "out = pathlib.Path(sys.argv[sys.argv.index('--out-dir') + 1])\n"
+                    "(out / 'student').mkdir(parents=True)\n"
+                    "(out / 'student' / 'log.jsonl').write_text(json.dumps("
+                    "{'step': 5, 'sparsity': 0.3, 'eval': {'accuracy': 40.0}}) + '\\n')\n"
+                    "try:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    sys.exit(130)\n")
+    cmd = [sys.executable, str(slow), "--out-dir", "runs/x"]
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)           # as in a shell's background job
+    try:
+        t0 = time.time()
+        done = pt.run_phase([("x", cmd)], 1, time.time() + 3, "M", {"commit": "c", "machine": "m"}, tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    rec = json.loads((tmp_path / "paper-x.json").read_text())
+    assert rec == done["x"] and rec["exit_code"] == 130 and rec["finished"] is False
+    assert rec["cycle_evals"] == [{"step": 5, "sparsity": 0.3, "accuracy": 40.0}]
+    assert time.time() - t0 < 30                                      # interrupted, not killed a minute later
