@@ -23,11 +23,12 @@ WinoGrande's xl training set is 40,398 sentence pairs, four times CommonsenseQA'
 2 epochs instead of 5 and its student 2 (one teacher budget), to fit the minutes. A run that has
 not ended by --deadline is interrupted once, as by Ctrl-C (train.py stops and says where), killed a
 minute later if it has not stopped, and recorded with "finished": false and the accuracy after each
-pruning cycle it reached. A run whose record says it finished is not run again (a teacher is, if
-its model is not on this machine and students still need it).
+pruning cycle it reached. A run that ends on its own without results is recorded as failed, with
+the last lines it printed, and the script then exits 1 naming it. A run whose record says it
+finished is not run again (a teacher is, if its model is not on this machine).
 
 Records go to evidence/results/paper-NAME.json, in runs.py's format (its trim()), plus whether the
-run finished, the GPU, and the seconds. evidence/table.py makes the README's table of them. The
+run finished or was stopped, the GPU, and the seconds. evidence/table.py makes the README's table of them. The
 recorded runs (one H200, 9.5 minutes) were these two commands side by side; their --deadline 530
 never fired (the shell started them in the background with Ctrl-C ignored, which train.py
 inherited; fixed since, see default_sigint), and every run ended on its own, the last at 572 s.
@@ -113,7 +114,7 @@ def run_phase(jobs: list[tuple[str, list[str]]], width: int, deadline: float, M:
     at `deadline` (time.time()) interrupt what still runs, once, as Ctrl-C would (train.py stops and
     says where), and kill what has not stopped a minute later. Returns {name: record}, every record
     written to results/paper-NAME.json."""
-    waiting, running, done, interrupted = list(jobs), {}, {}, None
+    waiting, running, done, interrupted = list(jobs), {}, {}, None     # interrupted: when the deadline came
     while waiting or running:
         while waiting and len(running) < width and time.time() < deadline:
             name, cmd = waiting.pop(0)
@@ -137,23 +138,26 @@ def run_phase(jobs: list[tuple[str, list[str]]], width: int, deadline: float, M:
         for name in [n for n, (p, *_) in running.items() if p.poll() is not None]:
             p, cmd, t0, log = running.pop(name)
             log.close()
-            done[name] = record(name, cmd, p.returncode, round(time.time() - t0, 1), M, meta, results)
+            done[name] = record(name, cmd, p.returncode, interrupted is not None, round(time.time() - t0, 1), M,
+                                meta, results)
             print(f"== {name}: exit {p.returncode}, {done[name]['command_seconds']} s, "
                   f"dev {(done[name].get('metric') or {}).get('accuracy')}", flush=True)
     return done
 
 
-def record(name: str, cmd: list[str], rc: int, seconds: float, M: str, meta: dict, results_dir: Path) -> dict:
+def record(name: str, cmd: list[str], rc: int, stopped: bool, seconds: float, M: str, meta: dict,
+           results_dir: Path) -> dict:
+    """The run's record, in runs.py's format; `stopped`: the deadline interrupted it (else a run that
+    did not finish failed on its own, and its record says so)."""
     out = out_dir(cmd)
-    finished = rc == 0 and (out / "results.json").is_file()
-    results = json.loads((out / "results.json").read_text()) if finished else {}
-    rec = {"name": f"paper-{name}", "command": runs.shell(cmd, M), "finished": finished, "exit_code": rc,
-           "seed": 0, "command_seconds": seconds, **meta, **runs.trim(results, out / "student" / "log.jsonl")}
-    if not finished:
+    ok = rc == 0 and (out / "results.json").is_file()
+    results = json.loads((out / "results.json").read_text()) if ok else {}
+    rec = {"name": f"paper-{name}", "command": runs.shell(cmd, M), "finished": ok, "exit_code": rc,
+           "stopped_at_deadline": stopped and not ok, "seed": 0, "command_seconds": seconds, **meta,
+           **runs.trim(results, out / "student" / "log.jsonl")}
+    if not ok:
         rec["tail"] = (out.parent / f"{name}.out").read_text()[-600:]  # the last lines it printed
-    tmp = results_dir / f"paper-{name}.json.tmp"             # whole or absent, as runs.py's records
-    tmp.write_text(json.dumps(rec, indent=1) + "\n")
-    os.replace(tmp, results_dir / f"paper-{name}.json")
+    runs.write_record(f"paper-{name}", rec, results_dir)
     return rec
 
 
@@ -182,6 +186,8 @@ def main():
                    "let one task's students start while the other's teachers still train)")
     p.add_argument("--list", action="store_true", help="print the commands and stop")
     args = p.parse_args()
+    if args.jobs < 1 or args.deadline <= 0:
+        p.error(f"--jobs {args.jobs} --deadline {args.deadline:g}: pass at least 1 job and a deadline above 0 seconds")
     start = time.time()
     M = args.model or runs.model_path()
     extra = args.extra.split()
@@ -219,8 +225,12 @@ def main():
             continue
         teacher = str(args.runs_dir / best[task][0] / "model")
         second.append((name, command(name, [x.replace("{teacher}", teacher) for x in a], extra, args.runs_dir)))
-    run_phase(second, args.jobs, deadline, M, meta, args.results_dir)     # each command names its --teacher
+    last = run_phase(second, args.jobs, deadline, M, meta, args.results_dir)   # each command names its --teacher
     print(f"== all ended in {time.time() - start:.0f} s", flush=True)
+    failed = [n for n, r in {**first, **last}.items() if not r["finished"] and not r.get("stopped_at_deadline", True)]
+    if failed:
+        sys.exit(f"paper_tasks.py: {', '.join(failed)} failed on their own; their records end with what they "
+                 f"printed (the 'tail' field), and {args.runs_dir}/NAME.out holds all of it.")
 
 
 if __name__ == "__main__":

@@ -280,10 +280,12 @@ def accuracies(value):
     return value
 
 
-def write_record(name: str, record: dict):
-    tmp = RESULTS / f"{name}.json.tmp"            # whole or absent: a half-written file is never 'done'
+def write_record(name: str, record: dict, folder: Path | None = None):
+    """folder/NAME.json (default: evidence/results), whole or absent: a half-written file is never 'done'."""
+    folder = folder or RESULTS
+    tmp = folder / f"{name}.json.tmp"
     tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, RESULTS / f"{name}.json")
+    os.replace(tmp, folder / f"{name}.json")
 
 
 def main():

@@ -437,7 +437,7 @@ def paper_table(paper: dict) -> str:
     """evidence/paper_tasks.py's runs (one seed, on a GPU): each run's dev accuracy and, for a
     student, its difference from the teacher it distilled from (a run without KD: from its task's
     better teacher, the one the others distilled from). A run stopped at the deadline shows the
-    accuracy and sparsity after its last pruning cycle."""
+    accuracy and sparsity after its last pruning cycle; one that failed, its exit code."""
     best = {}
     for name, r in paper.items():
         task = name.split("-")[0]
@@ -450,6 +450,8 @@ def paper_table(paper: dict) -> str:
         r, task = paper[name], name.split("-")[0]
         if r.get("finished"):
             acc, sparsity, note = r["metric"]["accuracy"], f"{r['sparsity']['encoder']:.0%}", ""
+        elif not r.get("stopped_at_deadline"):         # it ended on its own, without results: it failed
+            acc, sparsity, note = None, "", f"failed (exit {r.get('exit_code')})"
         elif r.get("cycle_evals"):                     # stopped: where its last pruning cycle left it
             last = r["cycle_evals"][-1]
             acc, sparsity, note = last["accuracy"], f"{last['sparsity']:.0%}", f" (stopped at step {last['step']})"

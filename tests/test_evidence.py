@@ -364,10 +364,11 @@ def test_paper_tasks_table_gaps_from_the_teacher_and_a_stopped_run(tmp_path):
     write(tmp_path, "paper-csqa-gmp80", 33.0, seed=0, finished=True, sparsity={"encoder": 0.8},
           teacher_metric={"accuracy": 46.5})
     write(tmp_path, "paper-csqa-nokd80", 30.0, seed=0, finished=True, sparsity={"encoder": 0.8})
-    write(tmp_path, "paper-csqa-obert80", 0.0, seed=0, finished=False,
+    write(tmp_path, "paper-csqa-obert80", 0.0, seed=0, finished=False, stopped_at_deadline=True, exit_code=130,
           cycle_evals=[{"step": 406, "sparsity": 0.0, "accuracy": 39.0}, {"step": 1218, "sparsity": 0.3, "accuracy": 41.5}])
-    write(tmp_path, "paper-csqa-t1-80", 0.0, seed=0, finished=False)        # stopped before any cycle
-    for name in ("paper-csqa-obert80", "paper-csqa-t1-80"):               # as record() writes a stopped run
+    write(tmp_path, "paper-csqa-t1-80", 0.0, seed=0, finished=False, stopped_at_deadline=True, exit_code=130)
+    write(tmp_path, "paper-csqa-cubic80", 0.0, seed=0, finished=False, stopped_at_deadline=False, exit_code=2)
+    for name in ("paper-csqa-obert80", "paper-csqa-t1-80", "paper-csqa-cubic80"):   # as record() writes them
         rec = json.loads((tmp_path / f"{name}.json").read_text())
         (tmp_path / f"{name}.json").write_text(json.dumps({k: v for k, v in rec.items() if k != "metric"}))
     tables = table.render(tmp_path)
@@ -377,6 +378,7 @@ def test_paper_tasks_table_gaps_from_the_teacher_and_a_stopped_run(tmp_path):
     assert row_of(md, "no KD").split("|")[5].strip() == "-17.00"                 # from the better teacher
     assert [c.strip() for c in row_of(md, "oBERT").split("|")[3:5]] == ["30%", "41.50 (stopped at step 1218)"]
     assert row_of(md, "T = 1").split("|")[4].strip() == "stopped before its first pruning cycle"
+    assert row_of(md, "naive cubic").split("|")[4].strip() == "failed (exit 2)"       # not 'stopped': it failed
     assert "WinoGrande" not in md
     assert row_of(tables["compute"], "| all |").split("|")[2].strip() == "1"     # teacher-s0 alone
     assert table.paper_table({}) == "(no runs of evidence/paper_tasks.py yet)"
@@ -406,6 +408,26 @@ def test_paper_tasks_deadline_interrupts_a_run_started_from_a_background_shell(t
     finally:
         signal.signal(signal.SIGINT, before)
     rec = json.loads((tmp_path / "paper-x.json").read_text())
-    assert rec == done["x"] and rec["exit_code"] == 130 and rec["finished"] is False
+    assert rec == done["x"] and rec["exit_code"] == 130 and rec["finished"] is False and rec["stopped_at_deadline"]
     assert rec["cycle_evals"] == [{"step": 5, "sparsity": 0.3, "accuracy": 40.0}]
     assert time.time() - t0 < 30                                      # interrupted, not killed a minute later
+
+
+def test_paper_tasks_a_run_that_fails_on_its_own_is_a_failure_not_a_stop(tmp_path, monkeypatch):
+    """A train.py that refuses its input (exit 2) before the deadline is recorded as failed, not as
+    stopped; and a --jobs or --deadline that would run nothing is refused with exit 2."""
+    import subprocess
+    import sys
+    import time
+    pt = load_module("paper_tasks")
+    monkeypatch.setattr(pt, "ROOT", tmp_path)
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys\nprint('train.py: --foo is not a flag')\nsys.exit(2)\n")
+    done = pt.run_phase([("y", [sys.executable, str(bad), "--out-dir", "runs/y"])], 1, time.time() + 60, "M",
+                        {"commit": "c", "machine": "m"}, tmp_path)
+    assert done["y"]["finished"] is False and done["y"]["stopped_at_deadline"] is False
+    assert done["y"]["exit_code"] == 2 and "--foo is not a flag" in done["y"]["tail"]
+    for flags in (["--jobs", "0"], ["--deadline", "0"]):
+        r = subprocess.run([sys.executable, str(ROOT / "evidence" / "paper_tasks.py"), "--list", "--model", "x", *flags],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "pass at least 1 job" in r.stderr
