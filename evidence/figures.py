@@ -2,12 +2,13 @@
 
 - recovery.png: guideline 2 as the paper states it: the recipe's accuracy at 80% and 90% against
   the student's budget (in teacher budgets), dev and held-out, mean ± std over seeds, with the
-  dense teachers' band: how much of the teacher's accuracy a longer schedule recovers;
+  dense teachers' band: how much of the teacher's accuracy a longer schedule recovers; beside it,
+  the recipe with oBERT as its pruner, run at the chosen budget only;
 - cycles.png: what happens during pruning: the dev accuracy at the end of every pruning cycle
-  (train.py's log, kept in each results file) and of the run, mean ± std over seeds, for the recipe
-  and the naive cubic at 80% and 90% at the chosen budget, with the dense teachers' band and the
-  recipe's sparsity in each cycle; steps and labels come from the records (their cycle_evals and
-  resolved arguments), not from constants;
+  (train.py's log, kept in each results file) and of the run, mean ± std over seeds, for the recipe,
+  the naive cubic and the recipe with oBERT at 80% and 90% at the chosen budget, with the dense
+  teachers' band and the recipe's sparsity in each cycle; steps and labels come from the records
+  (their cycle_evals and resolved arguments), not from constants;
 - schedules.png: the sparsity and learning-rate schedules of the recipe (a jump to 30%, the first
   jump for MiniLM's 6 layers, then the cubic) against the naive cubic from zero, as
   `python schedule.py --sparsity 0.8 --steps 752 --init-sparsity 0.3 --lr 5e-5 --lr-min 5e-6
@@ -39,7 +40,7 @@ OUT = HERE / "figures"
 
 
 def recovery_figure(res, path):
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.6), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 4.2), sharex=True)
     for ax, key, title in ((axes[0], "metric", "dev (872 sentences)"),
                            (axes[1], "holdout_metric", f"held out ({runs.HOLDOUT} training sentences)")):
         teacher = [r[key]["accuracy"] for r in seeds_of(res, "teacher") if r.get(key)]
@@ -54,16 +55,23 @@ def recovery_figure(res, path):
                 if values:
                     xs.append(b), ms.append(mean_std(values)[0]), ss.append(mean_std(values)[1])
             if xs:
-                ax.errorbar(xs, ms, yerr=ss, marker=marker, capsize=3, label=f"the recipe at {p}%")
+                ax.errorbar(xs, ms, yerr=ss, marker=marker, capsize=3, label=f"the recipe (GMP) at {p}%")
+        for p, marker in (("80", "^"), ("90", "v")):    # oBERT as the pruner: run at the chosen budget only
+            values = [r[key]["accuracy"] for r in seeds_of(res, f"obert{p}-b{runs.CHOSEN_BUDGET}") if r.get(key)]
+            if values:
+                m, sd = mean_std(values)
+                ax.errorbar([runs.CHOSEN_BUDGET], [m], yerr=[sd], marker=marker, capsize=3, linestyle="none",
+                            label=f"the recipe with oBERT at {p}% ({len(values)} seed{'s' * (len(values) > 1)})")
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(runs.BUDGETS), [str(b) for b in runs.BUDGETS])
         ax.set_xlabel("student budget (teacher budgets of 376 steps)")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("SST-2 accuracy (%)")
-    axes[0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)    # below both: clear of the curves
     fig.suptitle("MiniLM, SST-2 miniature: accuracy recovered against the student's budget", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -96,7 +104,8 @@ def band(ax, xs, values, style, label, color=None):
 
 def cycles_figure(res, path):
     """The dev accuracy at each cycle's end and at the run's end, mean over seeds (± std as a band
-    with more than one seed), the recipe against the naive cubic, at 80% and 90% and the chosen budget."""
+    with more than one seed), the recipe against the naive cubic and against the recipe with oBERT as
+    its pruner, at 80% and 90% and the chosen budget."""
     B = runs.CHOSEN_BUDGET
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
     teacher = [r["metric"]["accuracy"] for r in seeds_of(res, "teacher")]
@@ -106,7 +115,7 @@ def cycles_figure(res, path):
             ax.axhspan(m - sd, m + sd, color="grey", alpha=0.25, label=f"dense teachers (mean ± std, {len(teacher)} seeds)")
             ax.axhline(m, color="grey", linewidth=0.8)
         total, drawn = None, False
-        for name, style in (("gmp", "-o"), ("cubic", "--s")):
+        for name, style in (("gmp", "-o"), ("cubic", "--s"), ("obert", ":^")):
             records = [r for r in seeds_of(res, f"{name}{p}-b{B}") if r.get("cycle_evals") and r.get("args")]
             if not records:
                 continue
@@ -115,7 +124,7 @@ def cycles_figure(res, path):
             steps = [e["step"] for e in records[0]["cycle_evals"][:n]] + [total]     # the end: the exported model
             values = [[r["cycle_evals"][i]["accuracy"] for r in records] for i in range(n)]
             values.append([r["metric"]["accuracy"] for r in records])
-            what = "the recipe: " if name == "gmp" else ""
+            what = {"gmp": "the recipe: ", "cubic": "", "obert": "the recipe with oBERT: "}[name]
             seeds = f"{len(records)} seed{'s' * (len(records) > 1)}"
             line = band(ax, steps, values, style, f"{what}{schedule_label(records[0]['args'])} ({seeds})")
             drawn = True
