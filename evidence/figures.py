@@ -39,7 +39,9 @@ import runs                       # noqa: E402
 OUT = HERE / "figures"
 
 
-def recovery_figure(res, path):
+def recovery_figure(res, path) -> list[str]:
+    """The recipe's accuracy against the student's budget (GMP: every budget run; oBERT: the chosen
+    budget), dev and held-out, with the teachers' band. Returns the legend's labels."""
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 4.2), sharex=True)
     for ax, key, title in ((axes[0], "metric", "dev (872 sentences)"),
                            (axes[1], "holdout_metric", f"held out ({runs.HOLDOUT} training sentences)")):
@@ -74,6 +76,7 @@ def recovery_figure(res, path):
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return labels
 
 
 def total_steps(record) -> int:
@@ -102,10 +105,10 @@ def band(ax, xs, values, style, label, color=None):
     return line
 
 
-def cycles_figure(res, path):
+def cycles_figure(res, path) -> list[str]:
     """The dev accuracy at each cycle's end and at the run's end, mean over seeds (± std as a band
     with more than one seed), the recipe against the naive cubic and against the recipe with oBERT as
-    its pruner, at 80% and 90% and the chosen budget."""
+    its pruner, at 80% and 90% and the chosen budget. Returns the legends' labels, left panel first."""
     B = runs.CHOSEN_BUDGET
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharey=True)
     teacher = [r["metric"]["accuracy"] for r in seeds_of(res, "teacher")]
@@ -145,6 +148,7 @@ def cycles_figure(res, path):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return [t.get_text() for ax in axes for t in ax.get_legend().get_texts()]
 
 
 def schedules_figure(path, steps=376, target=0.9):

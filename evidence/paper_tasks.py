@@ -28,8 +28,8 @@ the last lines it printed, and the script then exits 1 naming it. A run whose re
 finished is not run again (a teacher is, if its model is not on this machine).
 
 Records go to evidence/results/paper-NAME.json, in runs.py's format (its trim()), plus whether the
-run finished or was stopped, the GPU, and the seconds. evidence/table.py makes the README's table of them. The
-recorded runs (one H200, 9.5 minutes) were these two commands side by side; their --deadline 530
+run finished or was stopped, the GPU, and the seconds. evidence/table.py makes the README's table of
+them. The recorded runs (one H200, 9.5 minutes) were these two commands side by side; their --deadline 530
 never fired (the shell started them in the background with Ctrl-C ignored, which train.py
 inherited; fixed since, see default_sigint), and every run ended on its own, the last at 572 s.
 To rerun them, give a deadline of 600 or more, or none:

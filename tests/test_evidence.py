@@ -330,8 +330,14 @@ def test_cycles_figure_draws_from_the_records(fixtures):
             == total
     assert figures.schedule_label(res["gmp80-b2-s0"]["args"]) == "accelerated from 30%"
     assert figures.schedule_label(res["cubic80-b2-s0"]["args"]) == "naive cubic from zero"
-    figures.cycles_figure(res, fixtures / "c.png")                          # 90%: no runs, its panel says so
+    labels = figures.cycles_figure(res, fixtures / "c.png")                 # 90%: no runs, its panel says so
     assert 0 < (fixtures / "c.png").stat().st_size < 200_000
+    assert not any("oBERT" in t for t in labels)
+    assert not any("oBERT" in t for t in figures.recovery_figure(res, fixtures / "r.png"))
+    for k in (0, 1):                                                        # the recipe with oBERT, 2 seeds
+        res[f"obert80-b2-s{k}"] = dict(res[f"gmp80-b2-s{k}"], name=f"obert80-b2-s{k}")
+    assert "the recipe with oBERT: accelerated from 30% (2 seeds)" in figures.cycles_figure(res, fixtures / "c.png")
+    assert "the recipe with oBERT at 80% (2 seeds)" in figures.recovery_figure(res, fixtures / "r.png")
 
 
 def test_inference_table_shows_every_variant_at_each_batch_size(tmp_path):
