@@ -25,7 +25,8 @@ at 80% and the chosen budget came out under 1 point on its first 3 seeds (all bu
 28.7 points need no more), as did the chosen budget against one teacher budget (under 2 points at
 80% and 90%) and, at 90%, the naive cubic and no KD. The other 90% guideline rows have 3 seeds only.
 The extra runs come after every 3-seed run, seed 3's (its teacher first) before seed 4's, so that an
-interrupted queue still leaves paired comparisons over 4 seeds. (Runs not yet made are listed by --list; the README says which.)
+interrupted queue still leaves paired comparisons over 4 seeds. (Runs not yet made are listed by
+--list; the README says which.)
 
 inference-cpu is sparse.py timing the teacher and its one-shot oBERT exports (oneshot-obert-export-s0)
 on this CPU: its results file is sparse.py's own text, evidence/results/inference-cpu.txt, written
