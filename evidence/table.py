@@ -230,9 +230,12 @@ def guidelines_table(res: dict) -> str:
         return "not run: the budget study chooses the budget first"
     B = runs.CHOSEN_BUDGET
     longer = [("2. a longer schedule (the chosen budget rather than one teacher budget)",
-               f"gmp{{p}}-b{B}", "gmp{p}-b1", ("80", "90")),
-              (f"2. longer still ({2 * B} teacher budgets rather than the chosen {B})",
-               f"gmp{{p}}-b{2 * B}", f"gmp{{p}}-b{B}", ("80", "90"))]
+               f"gmp{{p}}-b{B}", "gmp{p}-b1", ("80", "90"))]
+    for b in (2 * B, 4 * B):              # each doubling past the chosen budget: is the curve still rising?
+        if b in runs.BUDGETS:
+            than = f"the chosen {B}" if b == 2 * B else f"{b // 2}"
+            longer.append((f"2. longer still ({b} teacher budgets rather than {than})",
+                           f"gmp{{p}}-b{b}", f"gmp{{p}}-b{b // 2}", ("80", "90")))
     rows = comparison_rows(res, COMPARISONS, at_budget) + comparison_rows(res, longer, lambda n, p: n.format(p=p))
     return table(["guideline", "at", "runs compared", "dev difference (points)", "spread (std + std)",
                   "shown beyond the spread?", "per seed", "seeds in common", "held-out difference (shown?)"], rows,
