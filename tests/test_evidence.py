@@ -138,6 +138,21 @@ def test_tables_from_fixture_results(fixtures):
     assert "| global threshold, 302M weights (s) | 7.231 |  |  | info |" in tables["bench-cpu"]
 
 
+def test_guidelines_compare_every_doubling_past_the_chosen_budget(fixtures, monkeypatch):
+    """Past the chosen budget (2), each doubling in runs.BUDGETS is its own row, seed against seed."""
+    write(fixtures, "gmp80-b4-s0", 82.0)
+    write(fixtures, "gmp80-b8-s0", 83.5)
+    g = table.render(fixtures)["guidelines"]
+    assert "4 teacher budgets rather than the chosen 2" in row_of(g, "`gmp80-b4` − `gmp80-b2`")
+    assert "| +2.00 |" in row_of(g, "`gmp80-b4` − `gmp80-b2`")                     # 82.0 - 80.0, seed 0
+    eight = row_of(g, "`gmp80-b8` − `gmp80-b4`")
+    assert "(8 teacher budgets rather than 4) |" in eight and "| +1.50 |" in eight   # 83.5 - 82.0, seed 0
+    assert "not run" in row_of(g, "`gmp90-b8` − `gmp90-b4`")
+    monkeypatch.setattr(table.runs, "BUDGETS", (1, 2, 4))                           # no 8: no row for it
+    g = table.render(fixtures)["guidelines"]
+    assert "`gmp80-b4` − `gmp80-b2`" in g and "gmp80-b8" not in g
+
+
 def test_without_a_chosen_budget_the_chosen_rows_say_so(fixtures, monkeypatch):
     monkeypatch.setattr(table.runs, "CHOSEN_BUDGET", None)
     tables = table.render(fixtures)
