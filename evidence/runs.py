@@ -18,15 +18,15 @@ seed, everything else train.py's defaults, that is the paper's recipe (the GLUE 
 authors' first jump for models under 12 layers; KD at T = 5.5 and hardness 1.0; encoder only).
 A student's budget is counted in teacher budgets: budget b trains it 2 b epochs (376 b steps).
 
-Seeds: every row has seeds 0, 1, 2 (SEEDS), each student distilled from the teacher of its seed.
-The rows of FIVE_SEEDS get seeds 3 and 4 too (MORE_SEEDS), and with them teacher-s3 and teacher-s4:
-a comparison whose difference is under 2 points needs at least 5 seeds. On their first 3 seeds
-every guideline comparison at 80% and the chosen budget came out under 1 point (all but guideline
-1, whose 28.7 points need no more), and under 2 came the chosen budget against one teacher budget,
-4 teacher budgets against 2 and 8 against 4 (at 80% and 90%) and, at 90%, the naive cubic and no
-KD. The other 90% guideline rows have 3 seeds only. The extra runs come after every 3-seed
-run, seed 3's (its teacher first) before seed 4's, so that an interrupted queue still leaves paired
-comparisons over 4 seeds. (Runs not yet made are listed by --list; the README says which.)
+Seeds: every row has seeds 0, 1, 2 (SEEDS), each student distilled from the teacher of its seed. The
+rows of FIVE_SEEDS get seeds 3 and 4 too (MORE_SEEDS), and with them teacher-s3 and teacher-s4: a
+comparison whose difference is under 2 points needs at least 5 seeds. On their first 3 seeds every
+guideline comparison at 80% and the chosen budget came out under 1 point (all but guideline 1, whose
+28.7 points need no more), and under 2 came the chosen budget against one teacher budget, 4 teacher
+budgets against 2 and 8 against 4 (at 80% and 90%) and, at 90%, the naive cubic and no KD. The other
+90% guideline rows have 3 seeds only. The extra runs come after every 3-seed run, seed 3's (its
+teacher first) before seed 4's, so that an interrupted queue still leaves paired comparisons over 4
+seeds. (Runs not yet made are listed by --list; the README says which.)
 
 inference-cpu is sparse.py timing the teacher and its one-shot oBERT exports (oneshot-obert-export-s0)
 on this CPU: its results file is sparse.py's own text, evidence/results/inference-cpu.txt, written
