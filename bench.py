@@ -326,7 +326,7 @@ def fisher_costs(folder, data_dir, num_grads, device_name):
             score = ((s - s_ref).abs() / s_ref.clamp_min(1e-30)).max()
             errors[label] = (max(errors.get(label, (0, 0))[0], float(diag)), max(errors.get(label, (0, 0))[1], float(score)))
     t0 = time.perf_counter()
-    prune.prune_step({n: params[n] for n in names}, prune.METHODS["obert"], 0.8, masks=masks, fisher=finvs)
+    prune.prune_step({n: params[n] for n in names}, prune.METHODS["obert"], 0.8, masks=masks, stats=finvs)
     sync(device)
     t_prune = time.perf_counter() - t0
     del finvs, fisher

@@ -14,8 +14,9 @@ folder (rundir.py's `check_out_dir`). Nothing is written or deleted here: train.
 folder only after `resolve` has passed.
 
 How it connects: train.py's `main` calls `parse_args` and `resolve`, then, once the data is read,
-`student_schedule` and `warn_if_long` (and `load_data` calls `check_holdout`); the method choices come from prune.py's
-`METHODS`, the Fisher's size from obert.py's `fisher_bytes`, the config's checks from model.py,
+`student_schedule` and `warn_if_long` (and `load_data` calls `check_holdout`); the method choices
+come from prune.py's `METHODS` (each with its scope and the statistic it reads, whose flags apply
+only to it: `STATISTICS`), the Fisher's size from obert.py's `fisher_bytes`, the config's checks from model.py,
 SparseProp's availability from sparse.py, and the output folder's rules from rundir.py.
 """
 import argparse
@@ -105,7 +106,9 @@ def add_recipe_args(a):
     a("--teacher", help="fine-tuned dense teacher folder; without it one is trained first")
     a("--data-dir", help="folder with the released data files; without it the hub is used")
     a("--pattern", default="unstructured", help="unstructured, 4-block, or N:M such as 2:4")
-    a("--scope", default="global", choices=["global", "layer"], help="one threshold for all, or per matrix")
+    a("--scope", choices=["global", "layer", "row"], help="which weights compete: all of them (global), those of "
+      "one matrix (layer), or those of one output row (row); default: the criterion's paper's (global for gmp and "
+      "obert, layer for movement, row for wanda)")
     a("--init-sparsity", type=float, help="first jump of the accelerated schedule (default by depth: 0.7 for 12 "
                                           "layers or more, 0.3 below, as the oBERT recipes; schedule.py)")
     a("--schedule", default="accelerated", choices=["accelerated", "cubic"], help="cubic = naive, from zero")
@@ -138,6 +141,8 @@ def add_method_args(a):
     a("--block-size", type=block_size_arg, help="oBERT: Fisher block size, or 'row' for whole rows (matrix-free "
                                                 "when larger than --num-grads); default 50, 32 for 4-block")
     a("--damp", type=float, default=1e-7, help="oBERT: Fisher dampening")
+    a("--calibration-size", type=int, help="Wanda: training examples whose inputs' norms score the weights at each "
+                                           "pruning step (default 128, the paper's)")
     a("--optimizer", default="adamw", choices=["adamw", "cram"],
       help="for dense fine-tuning (the teacher trained here, or a --sparsity 0 run): adamw, or cram (CrAM+, "
            "Peste et al. 2023: also the gradient at a compressed perturbation; two passes per step); the "
@@ -197,6 +202,10 @@ def resolve(args):
     args.lr_min = args.lr / 10 if args.lr_min is None else args.lr_min
     if args.block_size is None:
         args.block_size = 32 if args.pattern == "4-block" else 50
+    method = prune.METHODS[args.method]
+    args.scope = args.scope or method.scope
+    if args.calibration_size is None and method.reads == "input_norms":
+        args.calibration_size = CALIBRATION_SIZE
     args.kd = not args.no_kd and not args.oneshot and (args.sparsity > 0 or args.teacher is not None)
     check_numbers(args)
     check_flags_apply(args)
@@ -220,7 +229,7 @@ def resolve(args):
             check_max_length(args.max_length, task, modeling.load_config(modeling.resolve_folder(args.teacher)),
                              f"--teacher {args.teacher}")
         check_groups(args, student)
-        if prune.METHODS[args.method].needs_fisher and (args.sparsity > 0 or args.oneshot):
+        if _reads(args, "fisher"):
             check_fisher_memory(args, student)
         if args.resume:
             check_resumable(args, task)
@@ -238,7 +247,7 @@ NUMBER_RULES = [
     ("batch_size", lambda v: v >= 1, "at least 1", 16), ("grad_accum", lambda v: v >= 1, "at least 1", 1),
     ("checkpoint_every", lambda v: v >= 1, "at least 1", 500), ("log_every", lambda v: v >= 1, "at least 1", 10),
     ("num_grads", lambda v: v >= 1, "at least 1", 1024), ("fisher_batch_size", lambda v: v >= 1, "at least 1", 8),
-    ("block_size", lambda v: v >= 1, "at least 1 (or row)", 50),
+    ("block_size", lambda v: v >= 1, "at least 1 (or row)", 50), ("calibration_size", lambda v: v >= 1, "at least 1", 128),
     ("max_steps", lambda v: v >= 1, "at least 1", 1000), ("limit_train", lambda v: v >= 1, "at least 1", 1000),
     ("limit_eval", lambda v: v >= 1, "at least 1", 1000), ("holdout", lambda v: v >= 1, "at least 1", 5000), ("stop_after", lambda v: v >= 1, "at least 1", 100),
     ("max_length", lambda v: v >= 16, "at least 16 (room for the special tokens and some text)", 128),
@@ -260,8 +269,12 @@ NUMBER_RULES = [
 
 # Flags that only some runs read. (flags, whether they apply to this run, why not, naming the flag that
 # decides): a flag the user typed either applies, or the run stops with that sentence. First match wins.
+CALIBRATION_SIZE = 128        # Wanda's calibration examples (the paper's 128 sequences)
+
+
 def _dense(a): return not a.oneshot and a.sparsity == 0
-def _fisher(a): return prune.METHODS[a.method].needs_fisher and (a.sparsity > 0 or bool(a.oneshot))
+def _reads(a, kind): return prune.METHODS[a.method].reads == kind and not _dense(a)
+def _reads_data(a): return prune.gathered(prune.METHODS[a.method]) and not _dense(a)   # Fisher, input norms
 def _no_kd_why(a): return ("--no-kd trains without a teacher" if a.no_kd else "--oneshot trains nothing" if a.oneshot
                            else "a --sparsity 0 run distils only from a --teacher")
 
@@ -281,15 +294,16 @@ FLAG_RULES = [
      lambda a: ("--teacher is already fine-tuned" if a.teacher else "--no-kd trains no teacher" if a.no_kd else
                 "a --sparsity 0 run is itself the dense fine-tuning: set it with --lr and --epochs")),
     (("init_sparsity",), lambda a: a.schedule == "accelerated", lambda a: "the naive --schedule cubic starts from 0"),
-    (("num_grads", "fisher_batch_size", "block_size", "damp"), _fisher,
-     lambda a: f"--method {a.method} uses no Fisher"),
+    *[(stat.flags, lambda a, kind=kind: _reads(a, kind),
+       lambda a, kind=kind: f"--method {a.method} reads no {kind.replace('_', ' ')}" if not _dense(a) else
+       "a --sparsity 0 run prunes nothing") for kind, stat in prune.STATISTICS.items() if stat.flags],
     (("cram_rho", "cram_sparsities"), lambda a: a.optimizer == "cram", lambda a: "it tunes --optimizer cram"),
     (("warmup",), lambda a: "warmup_steps" not in a.given, lambda a: "--warmup-steps sets the warm-up instead"),
     (("scope",), lambda a: prune.parse_nm(a.pattern) is None,
      lambda a: f"--pattern {a.pattern} keeps the same share of every matrix whatever the scope"),
-    (("recomputations",), _fisher, lambda a: f"--method {a.method}'s scores do not move between increments, so N "
-                                             f"recomputations give the masks of one"),
-    (("seed", "limit_train"), lambda a: not a.oneshot or _fisher(a) or a.sparse_backprop,
+    (("recomputations",), _reads_data, lambda a: f"--method {a.method}'s scores read no data that pruning "
+                                                 f"changes, so N recomputations give the masks of one"),
+    (("seed", "limit_train"), lambda a: not a.oneshot or _reads_data(a) or a.sparse_backprop,
      lambda a: f"--oneshot --method {a.method} reads no training data and draws nothing at random"),
 ]
 
@@ -394,6 +408,12 @@ def check_combinations(args):
     if "init_sparsity" in args.given and args.init_sparsity > args.sparsity and not args.oneshot:
         raise UsageError(f"--init-sparsity {args.init_sparsity:g} is above --sparsity {args.sparsity:g}, so the "
                          f"first jump would be cut to the target; pass at most {args.sparsity:g}.")
+    if args.oneshot and prune.accumulated(prune.METHODS[args.method]):
+        raise UsageError(f"--method {args.method} scores weights by how training moved them, and --oneshot trains "
+                         f"nothing; pass --method gmp, obert or wanda, or drop --oneshot.")
+    if prune.METHODS[args.method].reads == "input_norms" and args.prune_embeddings and not _dense(args):
+        raise UsageError(f"--method {args.method} scores a Linear's weights by the norms of its inputs, and the "
+                         f"embeddings are tables, not Linears; drop --prune-embeddings, or pass --method gmp.")
     trains_a_dense_model = not args.oneshot and (args.sparsity == 0 or (args.kd and not args.teacher))
     if args.optimizer == "cram" and not trains_a_dense_model:
         raise UsageError("--optimizer cram fine-tunes dense models: the teacher this run trains, or a --sparsity 0 "

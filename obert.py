@@ -28,10 +28,11 @@ matrix-free form for blocks larger than m (`MatrixFree`, Frantar, Kurtic & Alist
 `fisher_bytes` is the memory estimate that cli.py's `check_fisher_memory` checks before anything is
 written.
 
-How it connects: train.py collects the m gradients (`collect_fisher`: SparseML's sampling, 1024
-gradients of batch 8 or 16, dropout off, pruned weights masked) into an `EmpiricalFisher`, and
-prune.py's `prune_step` scores, selects and updates with the functions here. This file imports
-nothing of the project's.
+How it connects: `gather_fisher` is the gatherer of the "fisher" statistic in prune.py's
+`STATISTICS`: at each pruning step train.py hands it a `Probe` (how to read training batches and
+the loss) and it collects the m gradients as SparseML samples them (1024 gradients of batch 8 or
+16, dropout off, pruned weights masked) into an `EmpiricalFisher`; prune.py's `prune_step` then
+scores, selects and updates with the functions here. This file imports nothing of the project's.
 """
 import math
 from dataclasses import dataclass
@@ -334,6 +335,35 @@ class EmpiricalFisher:
             else:
                 invert_blocks(self.store[n], self.damp)
         return self.store
+
+
+def gather_fisher(model, names: list, masks: dict, probe) -> dict:
+    """oBERT's statistic at one pruning step: {name: F⁻¹ blocks} of the tensors `names`, sampled as
+    SparseML samples it: probe.num_grads gradients of the task loss, each on a batch of
+    probe.fisher_batch_size from a shuffled order of their own, with dropout off (eval mode) and the
+    gradients of pruned weights masked (a pruned weight is 0 and stays 0: its gradient is no
+    evidence). probe: prune.py's `Probe`. Under torchrun (probe.owners) each rank computes its share
+    of the gradients on its own data shard (through `model`, not DDP: nothing is averaged) and the
+    owner of each tensor keeps and inverts its blocks (`EmpiricalFisher`)."""
+    params = dict(model.named_parameters())
+    fisher = EmpiricalFisher({n: params[n].shape for n in names}, probe.block_size, probe.num_grads, probe.damp,
+                             probe.owners, probe.device)
+    batches = probe.batches(probe.fisher_batch_size, 1, sharded=True)
+    was_training = model.training
+    model.eval()
+    for i in range(fisher.rounds):
+        grads = None
+        if i < fisher.shares[fisher.rank]:                # this rank's share; then None, while others finish
+            model.zero_grad(set_to_none=True)
+            probe.loss(model, next(batches)).backward()
+            grads = {}
+            for n in names:
+                g = params[n].grad if params[n].grad is not None else torch.zeros_like(params[n])
+                grads[n] = g.mul_(masks[n]) if n in masks else g     # pruned weights: no gradient
+        fisher.add(grads)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return fisher.inverses()
 
 
 def fisher_bytes(shapes: dict, block_size, num_grads: int) -> int:

@@ -3,19 +3,25 @@ Which weights to prune, how to turn scores into masks, and the registry of pruni
 
 Kurtic, Hoefler & Alistarh (2024), section 4: prune only the encoder's linear layers; the
 embeddings and the task head stay dense (they hold many parameters but few FLOPs: see
-`python prune.py --report bert-base-uncased`). Two saliency criteria, each one scoring function
-with one signature in `METHODS`:
+`python prune.py --report bert-base-uncased`). A pruning course teaches saliency as a ladder,
+and each rung is one scoring function with one signature in `METHODS`, plus the statistic it
+reads besides the weights (`STATISTICS`):
 
-  GMP (gradual magnitude pruning; Zhu & Gupta 2017, tuned as GMP* by Kurtic & Alistarh 2022):
-      score_j = |w_j|                                      (`magnitude_scores`, here)
-  oBERT (Kurtic et al. 2022, "The Optimal BERT Surgeon"): the loss increase of removing w_j
-  under the empirical Fisher, with the OBS update of the others:
-      score_j = w_j^2 / (2 [F^-1]_jj)                       (obert.py, which holds the Fisher)
+  zeroth order, GMP (gradual magnitude pruning; Zhu & Gupta 2017, tuned as GMP* by Kurtic &
+  Alistarh 2022): score_j = |w_j|; reads nothing else                  (`magnitude_scores`, here)
+  first order, movement (Sanh, Wolf & Rush 2020): how training moved the weight,
+      S_j = -Σ_t w_j(t) g_j(t), summed over the student's steps        (criteria.py)
+  second order, oBERT (Kurtic et al. 2022, "The Optimal BERT Surgeon"): the loss increase of
+  removing w_j under the empirical Fisher F, with the OBS update of the others,
+      score_j = w_j^2 / (2 [F^-1]_jj)                                   (obert.py, which holds the Fisher)
+  activation-aware, Wanda (Sun, Liu, Bair & Kolter 2023): |w_ij| times the norm of its input,
+      score_ij = |W_ij| · ||X_j||_2 over the real tokens of a calibration set   (criteria.py)
 
-`select` turns any scores into masks (exactly round(s * n) pruned, globally or per matrix, or
-N:M, never reviving), and `prune_step` is the one pruning step of every criterion, also under
-torchrun, where each rank scores and updates its own share of the tensors (`shard_by_size`) and
-the global threshold is found with a few collectives (`kth_smallest`, `all_sum`, `all_cat`).
+`select` turns any scores, signed or not, into masks (exactly round(s * n) pruned, globally, per
+matrix, per output row, or N:M, never reviving), and `prune_step` is the one pruning step of
+every criterion, also under torchrun, where each rank scores and updates its own share of the
+tensors (`shard_by_size`) and the global threshold is found with a few collectives
+(`kth_smallest`, `all_sum`, `all_cat`).
 
 Masks are boolean tensors keyed by parameter name, True = kept. When a weight is pruned,
 train.py zeroes it and AdamW's moments there; at every step it masks the gradients before AdamW
@@ -33,7 +39,8 @@ from typing import Callable
 import torch
 
 from model import ENCODER_LINEARS, HEAD_MODULES   # query key value attn_out intermediate output; pooler and heads
-from obert import GROUP, obert_all_scores, obert_all_updates       # 4-block groups; the oBERT criterion
+import criteria                                                   # movement and Wanda, with their statistics
+from obert import GROUP, gather_fisher, obert_all_scores, obert_all_updates   # 4-block groups; oBERT and its Fisher
 
 EMBEDDINGS = ("embeddings.word.weight", "embeddings.position.weight", "embeddings.token_type.weight")
 HEAD = tuple(f"{m}.weight" for m in HEAD_MODULES)
@@ -144,9 +151,10 @@ def kth_smallest(scores: list[torch.Tensor], k: int, sharded=False) -> float:
 def select_lowest(scores: list[torch.Tensor], count: int, sharded=False, positions=None, total=None) -> list[torch.Tensor]:
     """Boolean 'prune' masks marking exactly `count` lowest scores over all tensors together.
 
-    Scores are >= 0, or -inf for weights already pruned (always selected). Ties at the threshold
-    are broken deterministically: earlier tensor first, then lower flat index. sharded: `scores`
-    are this rank's tensors, at `positions` in the global order of `total` tensors.
+    Scores are any finite numbers, signed or not (movement's are signed), or -inf for weights
+    already pruned (always selected). Ties at the threshold are broken deterministically: earlier
+    tensor first, then lower flat index. sharded: `scores` are this rank's tensors, at `positions`
+    in the global order of `total` tensors.
     """
     positions = list(range(len(scores))) if positions is None else positions
     total = len(scores) if total is None else total
@@ -239,7 +247,8 @@ def check_pattern(pattern: str, sparsity: float):
 
 
 def masks_from_scores(scores: dict, sparsity: float, scope="global", pattern="unstructured", order=None) -> dict:
-    """Keep-masks that prune round(sparsity * n) lowest-scoring weights (globally or per tensor).
+    """Keep-masks that prune round(sparsity * n) lowest-scoring weights: over all tensors together
+    ("global"), per tensor ("layer"), or per tensor spread over its output rows ("row", `select_per_row`).
 
     unstructured: each weight on its own. "4-block": groups of 4 consecutive input weights share
     one score (the group's) and are pruned together. "N:M": in every group of M consecutive input
@@ -256,6 +265,7 @@ def masks_from_scores(scores: dict, sparsity: float, scope="global", pattern="un
             keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, best[:, :n], True)
             out[name] = keep.view_as(s)
         return out
+    rows = {n: s.shape[0] for n, s in scores.items()}
     if pattern == "4-block":   # one score per group: (out, in) -> (out * in/4, 4) -> first column
         scores = {n: s.reshape(-1, GROUP)[:, 0] for n, s in scores.items()}
     names = list(scores)
@@ -267,12 +277,32 @@ def masks_from_scores(scores: dict, sparsity: float, scope="global", pattern="un
                                               positions, len(order) if sharded else None)))
     elif scope == "layer":
         prune = {n: select_lowest([scores[n]], round(sparsity * scores[n].numel()))[0] for n in names}
+    elif scope == "row":
+        prune = {n: select_per_row(scores[n].reshape(rows[n], -1), sparsity).view_as(scores[n]) for n in names}
     else:
-        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+        raise ValueError(f"scope must be 'global', 'layer' or 'row', got {scope!r}")
     keep = {n: ~p for n, p in prune.items()}
     if pattern == "4-block":   # (groups,) -> (groups, 4) -> flat
         keep = {n: k[:, None].expand(-1, GROUP).reshape(-1) for n, k in keep.items()}
     return keep
+
+
+def select_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Boolean 'prune' mask of one (out, in) matrix of scores (or (out, in/4) groups) compared within
+    each output row, Wanda's per-output comparison: row i loses its k_i lowest, with Σ k_i = round(s · n)
+    spread as evenly as the rows allow (floor or ceil of s · in each, the first rows taking the
+    remainder). Where s · in is whole (50% of 384) that is the authors' int(s · in) per row; where it
+    is not, their per-row floor would fall short of s, and this keeps every matrix at exactly s, as
+    the other scopes do. Never reviving: a row whose weights already pruned (-inf) outnumber k_i
+    keeps them all pruned. Ties: lower column first (a stable sort)."""
+    out, width = scores.shape
+    total = round(sparsity * scores.numel())
+    k = torch.full((out, 1), total // out, device=scores.device)                     # (out, 1)
+    k[: total % out] += 1
+    k = torch.maximum(k, torch.isneginf(scores).sum(1, keepdim=True))                # never revive
+    order = torch.sort(scores, dim=1, stable=True).indices                           # (out, in): lowest first
+    lowest = torch.arange(width, device=scores.device)[None, :] < k                  # (out, in) in sorted order
+    return torch.zeros_like(lowest).scatter_(1, order, lowest)                      # back to the columns
 
 
 def never_revive(scores: dict, masks: dict | None) -> dict:
@@ -283,8 +313,8 @@ def never_revive(scores: dict, masks: dict | None) -> dict:
 
 
 def select(scores: dict, sparsity: float, scope="global", pattern="unstructured", masks=None, order=None) -> dict:
-    """Scores -> keep-masks: the lowest-scoring round(sparsity * n) weights are pruned, globally or per
-    matrix (or the N best of every M kept). Never reviving: weights that `masks` already prunes score
+    """Scores -> keep-masks: the lowest-scoring round(sparsity * n) weights are pruned, globally, per
+    matrix or per output row (or the N best of every M kept). Never reviving: weights that `masks` already prunes score
     -inf, so they are selected first and the new masks contain the old ones. order: see
     `masks_from_scores` (sharded selection under torchrun)."""
     keep = masks_from_scores(never_revive(scores, masks), sparsity, scope, pattern, order)
@@ -299,24 +329,71 @@ def magnitude_masks(params: dict, sparsity: float, scope="global", pattern="unst
 # -----------------------------------------------------------------------------
 # The criteria: one scoring function each, with one signature, and one registry.
 #
-#   score(weights, pattern, fisher) -> {name: scores}    each tensor the weight's shape; low = prune first.
-#                                                         4-block: every weight carries its group's score.
-#   update(weights, fisher, newly_pruned, pattern)       optional, in place, after selection (oBERT's OBS).
+#   score(weights, pattern, stats) -> {name: scores}     each tensor the weight's shape; low = prune first
+#                                                         (any sign); 4-block: every weight carries its
+#                                                         group's score.
+#   update(weights, stats, newly_pruned, pattern)        optional, in place, after selection (oBERT's OBS).
 #
-# Adding a criterion is one scoring function and one entry in METHODS: cli.py reads the --method
-# choices and checks from here, train.py its pruning step (`prune_step`). oBERT's functions live in
-# obert.py with the Fisher they need.
+# `stats` is what the criterion reads besides the weights, {name: tensor} (or None), made by the one
+# gatherer of its kind in STATISTICS, written once beside the criterion that introduced it:
+#
+#   kind           what                                    when the loop makes it
+#   "fisher"       F⁻¹ of each tensor's blocks             at each pruning step, from --num-grads gradients
+#   "input_norms"  ||X_j||_2 of each Linear's inputs        at each pruning step, from --calibration-size examples
+#   "movement"     -Σ_t w(t) ⊙ g(t) of each tensor          at every training step, from its gradients
+#
+# A *gathered* statistic is made at the pruning step from the training data (`gather(model, names,
+# masks, probe)`, the `Probe` saying how to read batches and the loss); an *accumulated* one is
+# added to at every optimizer step of the student (`accumulate(running, weights)`, after the
+# gradients are masked and clipped, before AdamW moves the weights), saved in every checkpoint and
+# zeroed where the masks prune. train.py calls the one its criterion names and nothing else.
+#
+# Adding a criterion is one scoring function and one entry in METHODS (cli.py reads the --method
+# choices and checks from here, train.py its pruning step, `prune_step`); a criterion of a new kind
+# adds its gatherer and one entry in STATISTICS.
 
 @dataclass(frozen=True)
 class Method:
-    score: Callable                       # (weights, pattern, fisher) -> scores
-    update: Callable | None = None        # (weights, fisher, newly_pruned, pattern) -> None, in place
-    needs_fisher: bool = False            # train.py collects the inverse Fisher blocks first
+    score: Callable                       # (weights, pattern, stats) -> scores
+    update: Callable | None = None        # (weights, stats, newly_pruned, pattern) -> None, in place
+    reads: str | None = None              # the statistic it reads besides the weights: a key of STATISTICS
+    scope: str = "global"                 # its paper's comparison group: global, layer (per matrix) or row
     help: str = ""
 
 
+@dataclass(frozen=True)
+class Statistic:
+    gather: Callable | None = None        # (model, names, masks, probe) -> stats, at a pruning step
+    accumulate: Callable | None = None    # (running, weights) -> None, in place, at every training step
+    flags: tuple = ()                     # the command-line flags that size it (cli.py: they apply only here)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How a gatherer reads the training data at one pruning step; train.py builds it (`probe`).
+
+    batches(batch_size, stream, sharded) -> an endless iterator of training batches on the device, in a
+      shuffled order of their own (seeded by the run's seed + stream and by the pruning step: each
+      step sees new batches, and a resumed run the same ones); sharded: under torchrun, each rank
+      reads its own shard.
+    loss(model, batch) -> the task loss of one batch, under the run's autocast.
+    forward(model, batch) -> the model's output on one batch, under the run's autocast.
+    """
+    batches: Callable
+    loss: Callable
+    forward: Callable
+    device: torch.device
+    owners: dict | None = None            # under torchrun: the rank that owns each tensor (`shard_by_size`)
+    num_grads: int = 1024                 # oBERT's Fisher: gradients, ...
+    fisher_batch_size: int = 16           # ... each on this many examples,
+    block_size: int | str = 50            # ... in blocks of B weights (or "row"),
+    damp: float = 1e-7                    # ... dampened by λ
+    calibration_size: int = 128           # Wanda: training examples whose inputs are measured (the paper's 128)
+    calibration_batch_size: int = 32
+
+
 @torch.no_grad()
-def magnitude_scores(weights: dict, pattern="unstructured", fisher=None) -> dict:
+def magnitude_scores(weights: dict, pattern="unstructured", stats=None) -> dict:
     """GMP: |w_j|; for 4-block groups the group's 0.5 * ||w_Q||^2 (OBS with F = I)."""
     scores = {}
     for name, w in weights.items():
@@ -329,34 +406,56 @@ def magnitude_scores(weights: dict, pattern="unstructured", fisher=None) -> dict
     return scores
 
 
-METHODS = {
-    "gmp": Method(magnitude_scores, help="gradual magnitude pruning, |w| (the default: the paper shows that "
-                                         "tuned GMP suffices)"),
-    "obert": Method(obert_all_scores, obert_all_updates, needs_fisher=True,
-                    help="the Optimal BERT Surgeon, w^2 / (2 [F^-1]_jj) with the OBS update; its Fisher costs "
-                         "d*B*4 bytes, 60 GB for roberta-large at B=50"),
+STATISTICS = {
+    "fisher": Statistic(gather=gather_fisher, flags=("num_grads", "fisher_batch_size", "block_size", "damp")),
+    "input_norms": Statistic(gather=criteria.gather_input_norms, flags=("calibration_size",)),
+    "movement": Statistic(accumulate=criteria.accumulate_movement),
 }
+
+METHODS = {
+    "gmp": Method(magnitude_scores, help="zeroth order: gradual magnitude pruning, |w| (the default: the paper "
+                                         "shows that tuned GMP suffices)"),
+    "movement": Method(criteria.movement_scores, reads="movement", scope="layer",
+                       help="first order: movement pruning (Sanh et al. 2020), -sum_t w*g over the student's "
+                            "steps, per matrix as the paper's TopK; no --oneshot (it needs training)"),
+    "obert": Method(obert_all_scores, obert_all_updates, reads="fisher",
+                    help="second order: the Optimal BERT Surgeon, w^2 / (2 [F^-1]_jj) with the OBS update; its "
+                         "Fisher costs d*B*4 bytes, 60 GB for roberta-large at B=50"),
+    "wanda": Method(criteria.wanda_scores, reads="input_norms", scope="row",
+                    help="activation-aware: Wanda (Sun et al. 2023), |w| * ||x||_2 of its input over "
+                         "--calibration-size examples, per output row as the paper; encoder and head only"),
+}
+
+
+def gathered(method: Method) -> bool:
+    """Whether the criterion's statistic is read from data at the pruning step (not accumulated in training)."""
+    return method.reads is not None and STATISTICS[method.reads].gather is not None
+
+
+def accumulated(method: Method) -> bool:
+    """Whether the criterion's statistic is accumulated over the training steps (movement's)."""
+    return method.reads is not None and STATISTICS[method.reads].accumulate is not None
 
 
 @torch.no_grad()
 def prune_step(weights: dict, method: Method, sparsity: float, scope="global", pattern="unstructured",
-               masks=None, fisher=None, owners=None) -> dict:
+               masks=None, stats=None, owners=None) -> dict:
     """One pruning step of any criterion: score, select (never reviving), update; returns the keep-masks.
 
     Weights are zeroed here only by a method that moves them (its update also moves earlier-pruned
     weights); train.py applies the masks to every method's weights right after. owners: under
     torchrun, the rank that owns each tensor (`shard_by_size`). Each rank scores and updates only
-    its own tensors (so `fisher` need only hold those), the global threshold comes from collectives
+    its own tensors (so `stats` need only hold those), the global threshold comes from collectives
     in `select`, and every tensor's new weights and mask are then broadcast from its owner: all
     ranks end with what one process holding everything would have computed.
     """
     rank = torch.distributed.get_rank() if owners else 0
     mine = {n: w for n, w in weights.items() if owners is None or owners[n] == rank}
     old = {n: masks[n] for n in mine} if masks else masks
-    keep = select(method.score(mine, pattern, fisher), sparsity, scope, pattern, old, list(weights) if owners else None)
+    keep = select(method.score(mine, pattern, stats), sparsity, scope, pattern, old, list(weights) if owners else None)
     if method.update is not None:
         newly = {n: ~keep[n] if not masks else masks[n] & ~keep[n] for n in mine}
-        method.update(mine, fisher, newly, pattern)
+        method.update(mine, stats, newly, pattern)
         for n, w in mine.items():
             w.masked_fill_(~keep[n], 0.0)
     return share_from_owners(weights, keep, owners) if owners else keep
@@ -402,10 +501,11 @@ def sparsity_by_component(model) -> dict:
     return {c: zeros[c] / total[c] for c in total}
 
 
-def sparsity_report(model, masks: dict | None = None) -> str:
-    """Per-matrix table (shape, zeros, sparsity) and totals per component; printed and returned."""
+def sparsity_report(model, masks: dict | None = None, title: str | None = None) -> str:
+    """Per-matrix table (shape, zeros, sparsity) and totals per component, under a title line (the
+    criterion, say); printed and returned."""
     masks = masks or {}
-    lines = [f"{'parameter':<34} {'shape':>12} {'sparsity':>9} {'masked':>7}"]
+    lines = ([title] if title else []) + [f"{'parameter':<34} {'shape':>12} {'sparsity':>9} {'masked':>7}"]
     for name in prunable_names(model, embeddings=True, head=True):
         p = model.get_parameter(name)
         shape = "x".join(map(str, p.shape))

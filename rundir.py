@@ -503,12 +503,13 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_checkpoint(path, model, opt, masks, step, args, rt):
-    """Everything a resumed run needs, written atomically (a temporary name, then a rename), by rank 0."""
+def save_checkpoint(path, model, opt, masks, step, args, rt, running=None):
+    """Everything a resumed run needs, written atomically (a temporary name, then a rename), by rank 0;
+    `running`: a criterion's statistic accumulated over the steps so far (movement's), if any."""
     if rt.rank != 0:
         return
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "masks": masks, "step": step,
-             "rng": rng_state(), "args": vars(args), "kernels": kernel_choices(model)}
+             "rng": rng_state(), "args": vars(args), "kernels": kernel_choices(model), "running": running}
     atomic(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -524,12 +525,20 @@ def read_checkpoint(path, device="cpu", mmap=False) -> dict:
                          f"pass --overwrite to start the run again.") from None
 
 
-def load_checkpoint(path, model, opt, device):
-    """Restore model, optimizer and RNG in place; returns (masks, step, the kernel of each Linear)."""
+def load_checkpoint(path, model, opt, device, running=None):
+    """Restore model, optimizer, RNG (and the accumulated statistic into `running`) in place; returns
+    (masks, step, the kernel of each Linear)."""
     ck = read_checkpoint(path, device)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     set_rng_state(ck["rng"])
+    if running is not None:
+        saved = ck.get("running") or {}
+        if set(saved) != set(running):
+            raise RunError(f"{path} holds no accumulated statistic for the matrices --method "
+                           f"{ck['args'].get('method')} prunes; pass --overwrite to start the run again")
+        for n, t in running.items():
+            t.copy_(saved[n])
     return {n: m.to(device) for n, m in ck["masks"].items()}, ck["step"], ck.get("kernels", {})
 
 

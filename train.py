@@ -11,9 +11,11 @@ What happens (`main`):
      reuse the one this output folder already holds (OUT/teacher/model);
   b) from the same pretrained weights, fine-tune the student while pruning it (`fit`): at each
      pruning step of the schedule new masks from the chosen criterion (prune.METHODS: magnitude
-     for GMP, obert.py's Fisher-based scores and OBS update for oBERT), with AdamW's moments
-     zeroed at the newly pruned weights; at every optimizer step the gradients of pruned weights
-     are masked before AdamW and the masks re-applied after it;
+     for GMP, movement, obert.py's Fisher-based scores and OBS update for oBERT, Wanda), with
+     AdamW's moments zeroed at the newly pruned weights; at every optimizer step the gradients of
+     pruned weights are masked before AdamW and the masks re-applied after it. What a criterion
+     reads besides the weights (prune.STATISTICS) is gathered at the pruning step (oBERT's Fisher,
+     Wanda's input norms: `gather_statistic`) or accumulated at every step (movement's -w*g);
   c) evaluate, export (OUT/model, loadable by `transformers`), write OUT/results.json.
 
 Two other ways to use it, for the contrast the paper's guidelines are about:
@@ -215,7 +217,8 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
     if args.compile:
         net = torch.compile(net)
     label = {"teacher": "dense teacher"}.get(phase, "dense fine-tuning" if sched.target == 0 else "pruned student")
-    masks, step = resume_phase(out, model, opt, label, args, rt) if args.resume else ({}, 0)
+    running = start_running(model, sched, args)      # movement's -Σ w*g, or None: the criterion reads no training
+    masks, step = resume_phase(out, model, opt, running, label, args, rt) if args.resume else ({}, 0)
     pruning_steps, cycle_ends = set(sched.pruning_steps()), {b for _, b in sched.cycles()[:-1]}
     use_cram = args.optimizer == "cram" and sched.target == 0      # CrAM trains dense models only
     log_file = out / "log.jsonl"
@@ -226,7 +229,7 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         # 1. prune, at the schedule's pruning steps that ask for more than is in force: new masks,
         #    containing the old ones
         if step in pruning_steps and sched.sparsity_at(step) > sched.sparsity_at(step - 1):
-            masks = pruning_event(step, sched.sparsity_at(step), model, masks, opt, d, args, rt)
+            masks = pruning_event(step, sched.sparsity_at(step), model, masks, opt, d, args, rt, running)
         # 2. forward and backward over grad_accum micro-batches (distilled from the teacher, if any;
         #    with CrAM, again at a compressed perturbation of the weights)
         if use_cram:
@@ -235,10 +238,13 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         else:
             loss, n_tokens = forward_backward(net, teacher, batches, d.task, args, rt)
         tokens += n_tokens
-        # 3. AdamW at the schedule's LR, pruned weights held at 0; a NaN or inf stops the run before it
+        # 3. AdamW at the schedule's LR, pruned weights held at 0; a NaN or inf stops the run before it.
+        #    A criterion that reads the training's gradients (movement) adds this step's -w*g first.
         grad_norm = masked_gradients(model, masks, args.clip)
         if not all_finite(loss, grad_norm, rt):
             raise diverged(label, step, loss, grad_norm, saved, out)
+        if running is not None:
+            prune.STATISTICS[prune.METHODS[args.method].reads].accumulate(running, dict(model.named_parameters()))
         lr = sched.lr_at(step)
         masked_step(opt, model, masks, lr)
         # 4. with step + 1 steps done: log, evaluate at the end of a pruning cycle, checkpoint
@@ -254,7 +260,7 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
             log_record(rt, log_file, {"phase": phase, "step": done, "sparsity": round(sched.sparsity_at(step), 4),
                                       "eval": metric})
         if done % args.checkpoint_every == 0 or done in (sched.total_steps, args.stop_after):
-            rundir.save_checkpoint(out / "checkpoint.pt", model, opt, masks, done, args, rt)
+            rundir.save_checkpoint(out / "checkpoint.pt", model, opt, masks, done, args, rt, running)
             saved = done
         if done == args.stop_after:
             log(rt, f"{label}: stopped after step {done} (--stop-after); continue with --resume")
@@ -263,13 +269,23 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
     return Fitted(masks, tokens_per_s(), False, time.time() - t0)
 
 
-def resume_phase(out, model, opt, label, args, rt):
-    """--resume: the masks and the step (and the kernels' choices) of OUT/phase/checkpoint.pt, loaded
-    into model and opt; or step 0 where this phase has no checkpoint yet (the teacher had finished)."""
+def start_running(model, sched, args) -> dict | None:
+    """The student's accumulated statistic, zero before its first step ({name: zeros}), when its
+    criterion reads one (movement: prune.accumulated); else None, and the loop adds nothing."""
+    if sched.target == 0 or not prune.accumulated(prune.METHODS[args.method]):
+        return None
+    params = dict(model.named_parameters())
+    return {n: torch.zeros_like(params[n]) for n in prune.prunable_names(model, args.prune_embeddings, args.prune_head)}
+
+
+def resume_phase(out, model, opt, running, label, args, rt):
+    """--resume: the masks and the step (and the kernels' choices, and the accumulated statistic into
+    `running`) of OUT/phase/checkpoint.pt, loaded into model and opt; or step 0 where this phase has no
+    checkpoint yet (the teacher had finished)."""
     if not (out / "checkpoint.pt").is_file():
         log(rt, f"{label}: no checkpoint to resume from in {out}; starting at step 0")
         return {}, 0
-    masks, step, kernels = rundir.load_checkpoint(out / "checkpoint.pt", model, opt, rt.device)
+    masks, step, kernels = rundir.load_checkpoint(out / "checkpoint.pt", model, opt, rt.device, running)
     if args.sparse_backprop:
         sparse.follow(model, masks, kernels)
     log(rt, f"{label}: resumed at step {step}")
@@ -283,26 +299,31 @@ def diverged(label, step, loss, grad_norm, saved, out) -> NonFinite:
 
 
 # -----------------------------------------------------------------------------
-# The pruning step and its Fisher.
+# The pruning step, and what its criterion reads.
 
-def pruning_event(step, sparsity, model, masks, opt, d, args, rt, fisher=None) -> dict:
+def pruning_event(step, sparsity, model, masks, opt, d, args, rt, stats=None) -> dict:
     """One scheduled pruning step: score the prunable weights with args.method, select the lowest
     to reach `sparsity` (never reviving one), let the method move the rest (oBERT's OBS update),
-    and zero AdamW's moments at the pruned weights. Under torchrun each rank handles its share of
-    the tensors and the results reach every rank (prune.prune_step). `fisher`: F⁻¹ already
-    computed at these weights and masks (one-shot reuses the dense model's); else computed here."""
+    and zero AdamW's moments at the pruned weights (and the accumulated statistic there: it follows
+    the masks). Under torchrun each rank handles its share of the tensors and the results reach
+    every rank (prune.prune_step). `stats`: what the criterion reads, already at hand (movement's
+    running sum; one-shot's Fisher or norms of the dense model, shared by every sparsity); else
+    gathered here (`gather_statistic`)."""
     method = prune.METHODS[args.method]
     params = dict(model.named_parameters())
     names = prune.prunable_names(model, args.prune_embeddings, args.prune_head)
-    owners = fisher_owners(params, names, rt)
-    if method.needs_fisher and fisher is None:
-        fisher = collect_fisher(model, names, masks, d, args, rt, owners, step)
+    owners = tensor_owners(params, names, rt)
+    running = stats if prune.accumulated(method) else None
+    if stats is None and prune.gathered(method):
+        stats = gather_statistic(method, model, names, masks, d, args, rt, owners, step)
     masks = prune.prune_step({n: params[n] for n in names}, method, sparsity, args.scope, args.pattern, masks,
-                             fisher, owners)
-    del fisher
+                             stats, owners)
+    del stats
     if opt is not None:
         prune.zero_optimizer_state(opt, params, masks)
     prune.apply_masks(params, masks)
+    if running is not None:
+        prune.apply_masks(running, masks)
     if args.sparse_backprop:         # the index follows the masks: rebuilt here, and nowhere else
         chosen = sparse.route(model, masks, d.tokens_per_batch)
         log(rt, f"step {step}: sparsity {sparsity:.4f}, {list(chosen.values()).count('sparse')} of {len(chosen)} "
@@ -310,33 +331,30 @@ def pruning_event(step, sparsity, model, masks, opt, d, args, rt, fisher=None) -
     return masks
 
 
-def collect_fisher(model, names, masks, d, args, rt, owners, step) -> dict:
-    """oBERT's inverse Fisher, sampled as SparseML samples it: --num-grads gradients of the task loss,
-    each on a batch of --fisher-batch-size from a shuffled order of their own, with dropout off
-    (eval mode) and the gradients of pruned weights masked. Under torchrun each rank computes its
-    share of the gradients on its own data shard (through `model`, not DDP: nothing is averaged)
-    and the owner of each tensor keeps its blocks (obert.EmpiricalFisher). Returns {name: F⁻¹}."""
-    params = dict(model.named_parameters())
-    fisher = obert.EmpiricalFisher({n: params[n].shape for n in names}, args.block_size, args.num_grads, args.damp,
-                                   owners, rt.device)
-    loader = data.make_loader(d.train, args.fisher_batch_size, True, args.seed + 1, d.pad_id, rt.distributed)
-    batches = endless(loader, first_epoch=1000 * step)
-    was_training = model.training
-    model.eval()
-    for i in range(fisher.rounds):
-        grads = None
-        if i < fisher.shares[fisher.rank]:                # this rank's share; then None, while others finish
-            model.zero_grad(set_to_none=True)
-            batch = to_device(next(batches), rt.device)
-            with rt.autocast():
-                loss = task_loss(d.task, forward(model, batch), batch)
-            loss.backward()
-            prune.mask_gradients(params, masks)
-            grads = {n: params[n].grad if params[n].grad is not None else torch.zeros_like(params[n]) for n in names}
-        fisher.add(grads)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return fisher.inverses()
+def gather_statistic(method, model, names, masks, d, args, rt, owners, step) -> dict:
+    """What `method` reads besides the weights, gathered now by the one gatherer of its kind
+    (prune.STATISTICS: obert.gather_fisher, criteria.gather_input_norms), from the training data
+    through a `probe`. Returns {name: statistic}."""
+    return prune.STATISTICS[method.reads].gather(model, names, masks, probe(d, args, rt, owners, step))
+
+
+def probe(d, args, rt, owners, step) -> prune.Probe:
+    """How the gatherers read the training data at pruning step `step`: batches in a shuffled order of
+    their own (seed + stream, and epochs from 1000 * step on: each pruning step sees new ones), moved
+    to the device; the task loss and the forward under the run's autocast; the flags that size them."""
+    def batches(batch_size, stream, sharded):
+        loader = data.make_loader(d.train, batch_size, True, args.seed + stream, d.pad_id, sharded and rt.distributed)
+        return (to_device(b, rt.device) for b in endless(loader, first_epoch=1000 * step))
+
+    def loss(model, batch):
+        with rt.autocast():
+            return task_loss(d.task, forward(model, batch), batch)
+
+    def forward_only(model, batch):
+        with rt.autocast():
+            return forward(model, batch)
+    return prune.Probe(batches, loss, forward_only, rt.device, owners, args.num_grads, args.fisher_batch_size,
+                       args.block_size, args.damp, args.calibration_size or 128, 2 * args.batch_size)
 
 
 def endless(loader, first_epoch):
@@ -347,8 +365,8 @@ def endless(loader, first_epoch):
         yield from loader
 
 
-def fisher_owners(params, names, rt) -> dict | None:
-    """Under torchrun, which rank holds each tensor's Fisher blocks (balanced by size)."""
+def tensor_owners(params, names, rt) -> dict | None:
+    """Under torchrun, which rank scores each tensor (and holds its Fisher blocks), balanced by size."""
     return prune.shard_by_size({n: params[n].numel() for n in names}, rt.world) if rt.distributed else None
 
 
@@ -496,8 +514,9 @@ def export(student, fitted, teacher_scores, d, args, rt, start):
         raise NonFinite(f"the student's {bad[0]} holds NaN or inf after training; nothing was exported: lower --lr")
     metric = evaluate(student, d, 2 * args.batch_size, rt)
     rundir.save_model(student, args.model_folder, out, "model")
-    report = prune.sparsity_report(student, fitted.masks)
-    results = {"task": args.task, "metric": metric, "holdout_metric": holdout_metric(student, d, 2 * args.batch_size, rt),
+    report = prune.sparsity_report(student, fitted.masks, f"pruned by {args.method}, scope {args.scope}, pattern "
+                                   f"{args.pattern}, target {args.sparsity:g} of the encoder")
+    results = {"task": args.task, "method": args.method, "scope": args.scope, "metric": metric, "holdout_metric": holdout_metric(student, d, 2 * args.batch_size, rt),
                **teacher_scores,
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
                "tokens_per_s": round(fitted.tokens_per_s, 1), "student_seconds": round(fitted.seconds, 1),
@@ -569,29 +588,31 @@ ONESHOT_FIX = "then run it again with --overwrite"     # one-shot keeps no check
 
 def oneshot(args, d, rt):
     """--oneshot: the fine-tuned --model pruned to each sparsity in one step, with no training, and
-    evaluated: encoder only, global, the same pruning step as gradual pruning (`pruning_event`).
+    evaluated: encoder only, the same pruning step as gradual pruning (`pruning_event`).
     With --recomputations N the step is N equal sparsity increments, s * i / N for i = 1..N, each
-    scoring with a Fisher recomputed at the weights (and masks) the previous increment left; with
-    N = 1 every sparsity starts from the same dense weights, so oBERT's Fisher is computed once."""
+    scoring with a statistic (oBERT's Fisher, Wanda's norms) gathered again at the weights (and
+    masks) the previous increment left; with N = 1 every sparsity starts from the same dense
+    weights, so the statistic is gathered once, from the dense model, for all of them."""
     out = Path(args.out_dir)
+    method = prune.METHODS[args.method]
     dense = load_model(args.model_folder, d.task, args.seed, rt.device).eval()
     metric = evaluate(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
     rows = [{"sparsity": 0.0, "encoder_sparsity": prune.sparsity_by_component(dense)["encoder"], "metric": metric,
              "holdout_metric": holdout_metric(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None,
              "seconds": 0.0}]
-    fisher, fisher_seconds = None, 0.0
-    if prune.METHODS[args.method].needs_fisher and args.recomputations == 1:
-        # every sparsity prunes the same dense weights, so one F⁻¹ (at step 1, the batches that
+    stats, stats_seconds = None, 0.0
+    if prune.gathered(method) and args.recomputations == 1:
+        # every sparsity prunes the same dense weights, so one statistic (at step 1, the batches that
         # pruning_event(1, ...) would draw) serves them all: the result is the same, at 1/len(oneshot) the cost
         t0, params = time.time(), dict(dense.named_parameters())
         names = prune.prunable_names(dense, args.prune_embeddings, args.prune_head)
-        fisher = collect_fisher(dense, names, {}, d, args, rt, fisher_owners(params, names, rt), 1)
-        fisher_seconds = round(time.time() - t0, 1)
-        log(rt, f"one-shot: the dense model's Fisher, {args.num_grads} gradients ({fisher_seconds:.0f} s)")
+        stats = gather_statistic(method, dense, names, {}, d, args, rt, tensor_owners(params, names, rt), 1)
+        stats_seconds = round(time.time() - t0, 1)
+        log(rt, f"one-shot: the dense model's {method.reads} ({stats_seconds:.0f} s)")
     for s in args.oneshot:
         model, masks, t0 = copy.deepcopy(dense), {}, time.time()
         for i in range(1, args.recomputations + 1):
-            masks = pruning_event(i, s * i / args.recomputations, model, masks, None, d, args, rt, fisher)
+            masks = pruning_event(i, s * i / args.recomputations, model, masks, None, d, args, rt, stats)
         seconds = time.time() - t0
         if rt.rank == 0:
             rows.append({"sparsity": s, "encoder_sparsity": prune.sparsity_by_component(model)["encoder"],
@@ -602,16 +623,19 @@ def oneshot(args, d, rt):
                 rundir.save_model(model, args.model_folder, out, f"oneshot-{s:g}", fix=ONESHOT_FIX)
         del model
     if rt.rank == 0:
-        title = (f"one-shot {args.method}, {args.recomputations} recomputation(s), {args.model}, "
-                 f"{args.task} validation" + (f"; one Fisher for all, {fisher_seconds:.0f} s" if fisher else ""))
+        title = (f"one-shot {args.method} ({args.scope}), {args.recomputations} recomputation(s), {args.model}, "
+                 f"{args.task} validation" + (f"; one {method.reads} for all, {stats_seconds:.0f} s" if stats else ""))
         lines = [title, f"{'sparsity':>8} {'encoder':>8} " + " ".join(f"{k:>12}" for k in rows[0]["metric"])
                  + f" {'seconds':>8}"]
         lines += [f"{r['sparsity']:8.2f} {r['encoder_sparsity']:8.4f} " + " ".join(f"{v:12.2f}" for v in
                   r["metric"].values()) + f" {r['seconds']:8.1f}" for r in rows]
         print("\n".join(lines), flush=True)
         rundir.claim(out, "results.json")
-        rundir.write_atomic(out / "results.json", json.dumps({"task": args.task, "oneshot": rows, "fisher_seconds": fisher_seconds,
-                                                       "table": lines, "args": vars(args)}, indent=1), fix=ONESHOT_FIX)
+        record = {"task": args.task, "method": args.method, "scope": args.scope, "oneshot": rows,
+                  "statistic": method.reads, "statistic_seconds": stats_seconds,
+                  **({"fisher_seconds": stats_seconds} if method.reads == "fisher" else {}),   # the tables' older name
+                  "table": lines, "args": vars(args)}
+        rundir.write_atomic(out / "results.json", json.dumps(record, indent=1), fix=ONESHOT_FIX)
 
 
 def fail(message, rt=None, code=2):

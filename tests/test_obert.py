@@ -335,8 +335,10 @@ def test_train_samples_fisher_gradients_in_eval_mode_masked_with_their_batch_siz
     masks = P.magnitude_masks({n: params[n] for n in names}, 0.5)
     seen = []
     model.register_forward_pre_hook(lambda mod, inputs: seen.append((mod.training, inputs[0].shape[0])))
-    args = argparse.Namespace(block_size=8, num_grads=3, damp=1e-3, fisher_batch_size=2, seed=0)
-    finvs = train.collect_fisher(model, names, masks, d, args, train.Runtime(torch.device("cpu")), None, 0)
+    args = argparse.Namespace(block_size=8, num_grads=3, damp=1e-3, fisher_batch_size=2, seed=0, batch_size=1,
+                              calibration_size=None)
+    finvs = train.gather_statistic(P.METHODS["obert"], model, names, masks, d, args, train.Runtime(torch.device("cpu")),
+                                   None, 0)
     assert seen == [(False, 2), (False, 1), (False, 2)] and model.training   # dropout off, batches of 2 (of 3
                                                                                # examples), train mode restored
     for n in names:                                                      # pruned weights saw zero gradients:

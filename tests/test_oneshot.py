@@ -71,8 +71,8 @@ def test_oneshot_with_one_recomputation_equals_a_plain_prune_step(fine_tuned, tm
     model = train.load_model(fine_tuned, d.task, 42, "cpu").eval()
     params = dict(model.named_parameters())
     names = prune.prunable_names(model)
-    finvs = train.collect_fisher(model, names, {}, d, args, rt, None, step=1)
-    masks = prune.prune_step({n: params[n] for n in names}, prune.METHODS["obert"], 0.6, fisher=finvs)
+    finvs = train.gather_statistic(prune.METHODS["obert"], model, names, {}, d, args, rt, None, step=1)
+    masks = prune.prune_step({n: params[n] for n in names}, prune.METHODS["obert"], 0.6, stats=finvs)
     prune.apply_masks(params, masks)
     got = load_file(str(tmp_path / "oneshot-0.6" / "model.safetensors"))
     table = modeling.name_table(model)                    # our names -> the exported (reference) names
@@ -85,8 +85,8 @@ def test_one_fisher_for_all_sparsities_equals_one_run_per_sparsity(fine_tuned, t
     """Each single-sparsity run equals a plain prune step (the test above), so this ties the shared
     Fisher to the per-sparsity one; it also catches F⁻¹ being changed by one sparsity's update."""
     calls = []
-    collect = train.collect_fisher
-    monkeypatch.setattr(train, "collect_fisher", lambda *a, **k: calls.append(1) or collect(*a, **k))
+    collect = train.gather_statistic
+    monkeypatch.setattr(train, "gather_statistic", lambda *a, **k: calls.append(1) or collect(*a, **k))
     obert = ["--method", "obert", "--block-size", block, "--export"]
     train.main(oneshot_args(fine_tuned, tmp_path / "both", "--oneshot", "0.5,0.7", *obert))
     assert len(calls) == 1                      # computed once, at the dense weights
@@ -101,16 +101,16 @@ def test_one_fisher_for_all_sparsities_equals_one_run_per_sparsity(fine_tuned, t
 
 def test_each_recomputation_sees_the_previous_increments_masks(fine_tuned, tmp_path, monkeypatch):
     seen = []
-    collect = train.collect_fisher
+    collect = train.gather_statistic
 
-    def recording(model, names, masks, *a, **k):
+    def recording(method, model, names, masks, *a, **k):
         seen.append(sum(int((~m).sum()) for m in masks.values()) if masks else 0)
-        finvs = collect(model, names, masks, *a, **k)
+        finvs = collect(method, model, names, masks, *a, **k)
         for n, m in masks.items():                       # the Fisher of pruned weights is damp * I: no gradient
             dead = obert.as_blocks((~m).flatten(), 8)
             assert torch.allclose(obert.inverse_diag(finvs[n])[dead], torch.tensor(1e3))
         return finvs
-    monkeypatch.setattr(train, "collect_fisher", recording)
+    monkeypatch.setattr(train, "gather_statistic", recording)
     train.main(oneshot_args(fine_tuned, tmp_path, "--oneshot", "0.6", "--method", "obert", "--recomputations", "3"))
     n = sum(v.numel() for v in encoder_weights(fine_tuned).values())
     assert seen == [0, round(0.2 * n), round(0.4 * n)]
