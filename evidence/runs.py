@@ -67,6 +67,8 @@ INFERENCE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97)     # one-shot sparsities exported 
 FIRST_JUMP = 0.3                                 # train.py's s_i for MiniLM's 6 layers (schedule.initial_sparsity)
 CHOSEN_BUDGET = 2                                # the budget the study chose (README): the largest this machine affords
 CURVE = (0.5, 0.7)                               # the recipe below 80% at the chosen budget: where it recovers
+ONESHOT = (0.5, 0.7, 0.8, 0.9)                   # the one-shot table's sparsities
+CRITERIA = ("movement", "wanda")                 # the recipe with these in place of GMP (oBERT is a guideline row)
 
 
 def model_path() -> str:
@@ -81,13 +83,14 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
          "--limit-train", str(LIMIT_TRAIN), "--holdout", str(HOLDOUT)]
     out, made = [], {}                    # made: {row: (its arguments, its script)}, for the extra seeds
 
-    def add(name, args, script="train.py", seeds=SEEDS):
+    def add(name, args, script="train.py", seeds=SEEDS, seeded=True):
         made[name] = (args, script)
         for k in seeds:
             run = f"{name}-s{k}"
             teacher = str(RUNS / f"teacher-s{k}" / "model")
             a = [x.replace("{teacher}", teacher) for x in args]
-            out.append((run, [sys.executable, script] + a + ["--seed", str(k), "--out-dir", str(RUNS / run)]))
+            seed = ["--seed", str(k)] if seeded else []     # a one-shot magnitude run draws nothing: no --seed
+            out.append((run, [sys.executable, script] + a + seed + ["--out-dir", str(RUNS / run)]))
 
     def student(sparsity, budget, *extra):
         return C + ["--model", M, "--sparsity", str(sparsity), "--epochs", str(TEACHER_EPOCHS * budget),
@@ -100,6 +103,14 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
     # sparsity buys)
     add("oneshot-obert-export", C + ["--model", "{teacher}", "--method", "obert", "--oneshot", ",".join(map(str, INFERENCE)),
                                      "--export"], seeds=SEEDS[:1])
+    # each teacher pruned in one shot by each criterion, with its paper's scope (and Wanda globally,
+    # magnitude per row: scope against criterion), the one-shot table's rows
+    for name, extra in (("gmp", []), ("gmp-row", ["--scope", "row"]), ("wanda", ["--method", "wanda"]),
+                        ("wanda-global", ["--method", "wanda", "--scope", "global"]), ("obert", ["--method", "obert"])):
+        reads_data = "--method" in extra                                  # wanda and obert read training data
+        one = [x for i, x in enumerate(C) if reads_data or (x != "--limit-train" and C[i - 1] != "--limit-train")]
+        add(f"oneshot-{name}", one + ["--model", "{teacher}", "--oneshot", ",".join(map(str, ONESHOT)), *extra],
+            seeded=reads_data)
     export = RUNS / "oneshot-obert-export-s0"    # what sparse.py times: the dense teacher and every export
     out.append(("inference-cpu", [sys.executable, "sparse.py", str(RUNS / "teacher-s0" / "model"),
                                   *[str(export / f"oneshot-{s:g}") for s in INFERENCE],
@@ -111,6 +122,8 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
     B = CHOSEN_BUDGET                     # the recipe's curve, and every guideline's row, at the chosen budget
     for s in CURVE:
         add(f"gmp{s * 100:.0f}-b{B}", student(s, B))
+    for name in CRITERIA:                 # the other criteria in the recipe, at 80%, each with its paper's scope
+        add(f"{name}80-b{B}", student(0.8, B, "--method", name))
     for s, p in ((0.8, "80"), (0.9, "90")):
         for name, extra in (("embhead", ["--prune-embeddings", "--prune-head"]), ("cubic", ["--schedule", "cubic"]),
                             ("init50-", ["--init-sparsity", "0.5"]), ("init70-", ["--init-sparsity", "0.7"]),
@@ -143,8 +156,8 @@ def machine() -> str:
             f"python {platform.python_version()}, {platform.system()}")
 
 
-CODE = ["model.py", "prune.py", "obert.py", "schedule.py", "distill.py", "cram.py", "train.py", "cli.py", "rundir.py",
-        "data.py", "sparse.py", "evidence/softmax.py"]
+CODE = ["model.py", "prune.py", "obert.py", "criteria.py", "schedule.py", "distill.py", "cram.py", "train.py", "cli.py",
+        "rundir.py", "data.py", "sparse.py", "evidence/softmax.py"]
 
 
 def git(*args) -> str:
@@ -173,8 +186,9 @@ def trim(results: dict, log: Path) -> dict:
         evals = [json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line]
         out["cycle_evals"] = [{"step": e["step"], "sparsity": e.get("sparsity"), "accuracy": e["eval"]["accuracy"]}
                               for e in evals]
-    if "fisher_seconds" in results:
-        out["fisher_seconds"] = results["fisher_seconds"]
+    for key in ("fisher_seconds", "statistic_seconds", "method", "scope"):
+        if key in results:
+            out[key] = results[key]
     if "oneshot" in results:
         out["oneshot"] = [{"sparsity": r["sparsity"], "accuracy": r["metric"]["accuracy"], "seconds": r["seconds"],
                            "holdout_accuracy": (r.get("holdout_metric") or {}).get("accuracy")}
