@@ -107,8 +107,8 @@ def add_recipe_args(a):
     a("--data-dir", help="folder with the released data files; without it the hub is used")
     a("--pattern", default="unstructured", help="unstructured, 4-block, or N:M such as 2:4")
     a("--scope", choices=["global", "layer", "row"], help="which weights compete: all of them (global), those of "
-      "one matrix (layer), or those of one output row (row); default: the criterion's paper's (global for gmp and "
-      "obert, layer for movement, row for wanda)")
+      "one matrix (layer), or those of one output row (row); default: the criterion's own (global for gmp, this "
+      "recipe's, and obert; layer for movement and row for wanda, their papers')")
     a("--init-sparsity", type=float, help="first jump of the accelerated schedule (default by depth: 0.7 for 12 "
                                           "layers or more, 0.3 below, as the oBERT recipes; schedule.py)")
     a("--schedule", default="accelerated", choices=["accelerated", "cubic"], help="cubic = naive, from zero")
@@ -242,12 +242,14 @@ def resolve(args):
     return args
 
 
+CALIBRATION_SIZE = 128        # Wanda's calibration examples (the paper's 128 sequences)
+
 # (argument, test, what it must be, a good value)
 NUMBER_RULES = [
     ("batch_size", lambda v: v >= 1, "at least 1", 16), ("grad_accum", lambda v: v >= 1, "at least 1", 1),
     ("checkpoint_every", lambda v: v >= 1, "at least 1", 500), ("log_every", lambda v: v >= 1, "at least 1", 10),
     ("num_grads", lambda v: v >= 1, "at least 1", 1024), ("fisher_batch_size", lambda v: v >= 1, "at least 1", 8),
-    ("block_size", lambda v: v >= 1, "at least 1 (or row)", 50), ("calibration_size", lambda v: v >= 1, "at least 1", 128),
+    ("block_size", lambda v: v >= 1, "at least 1 (or row)", 50), ("calibration_size", lambda v: v >= 1, "at least 1", CALIBRATION_SIZE),
     ("max_steps", lambda v: v >= 1, "at least 1", 1000), ("limit_train", lambda v: v >= 1, "at least 1", 1000),
     ("limit_eval", lambda v: v >= 1, "at least 1", 1000), ("holdout", lambda v: v >= 1, "at least 1", 5000), ("stop_after", lambda v: v >= 1, "at least 1", 100),
     ("max_length", lambda v: v >= 16, "at least 16 (room for the special tokens and some text)", 128),
@@ -269,9 +271,6 @@ NUMBER_RULES = [
 
 # Flags that only some runs read. (flags, whether they apply to this run, why not, naming the flag that
 # decides): a flag the user typed either applies, or the run stops with that sentence. First match wins.
-CALIBRATION_SIZE = 128        # Wanda's calibration examples (the paper's 128 sequences)
-
-
 def _dense(a): return not a.oneshot and a.sparsity == 0
 def _reads(a, kind): return prune.METHODS[a.method].reads == kind and not _dense(a)
 def _reads_data(a): return prune.gathered(prune.METHODS[a.method]) and not _dense(a)   # Fisher, input norms
@@ -295,7 +294,7 @@ FLAG_RULES = [
                 "a --sparsity 0 run is itself the dense fine-tuning: set it with --lr and --epochs")),
     (("init_sparsity",), lambda a: a.schedule == "accelerated", lambda a: "the naive --schedule cubic starts from 0"),
     *[(stat.flags, lambda a, kind=kind: _reads(a, kind),
-       lambda a, kind=kind: f"--method {a.method} reads no {kind.replace('_', ' ')}" if not _dense(a) else
+       lambda a, kind=kind: f"--method {a.method} reads no {prune.STATISTICS[kind].label}" if not _dense(a) else
        "a --sparsity 0 run prunes nothing") for kind, stat in prune.STATISTICS.items() if stat.flags],
     (("cram_rho", "cram_sparsities"), lambda a: a.optimizer == "cram", lambda a: "it tunes --optimizer cram"),
     (("warmup",), lambda a: "warmup_steps" not in a.given, lambda a: "--warmup-steps sets the warm-up instead"),
@@ -410,7 +409,8 @@ def check_combinations(args):
                          f"first jump would be cut to the target; pass at most {args.sparsity:g}.")
     if args.oneshot and prune.accumulated(prune.METHODS[args.method]):
         raise UsageError(f"--method {args.method} scores weights by how training moved them, and --oneshot trains "
-                         f"nothing; pass --method gmp, obert or wanda, or drop --oneshot.")
+                         f"nothing; pass --method {' or '.join(n for n, m in prune.METHODS.items() if not prune.accumulated(m))}, "
+                         f"or drop --oneshot.")
     if prune.METHODS[args.method].reads == "input_norms" and args.prune_embeddings and not _dense(args):
         raise UsageError(f"--method {args.method} scores a Linear's weights by the norms of its inputs, and the "
                          f"embeddings are tables, not Linears; drop --prune-embeddings, or pass --method gmp.")
@@ -543,6 +543,10 @@ def student_schedule(args, batches: int) -> Schedule:
     total = phase_steps(args.epochs, args, batches)
     sched = Schedule(total, args.sparsity, args.init_sparsity, args.schedule, args.lr, args.lr_min,
                      warmup_steps(args, total))
+    if prune.accumulated(prune.METHODS[args.method]) and sched.t_0 == 0:
+        raise UsageError(f"--method {args.method} scores weights by how training moved them, and the student's "
+                         f"{total} steps put its first pruning step at step 0, before any training; raise --epochs "
+                         f"(the first pruning step is at 2/30 of the run).")
     if not sched.reaches_target():
         fix = (f"raise --max-steps, which caps it at {total}," if args.max_steps == total else "raise --epochs")
         raise UsageError(f"the student's {total} optimizer steps are too few for the schedule to reach sparsity "

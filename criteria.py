@@ -31,7 +31,11 @@ set X (N tokens by `in` features),
     score_ij = |W_ij| · ||X_j||_2,      ||X_j||_2 = sqrt(Σ_tokens x_j²)
 
 compared within each output row (the paper's per-output pruning: prune.py's scope "row"; global and
-per-matrix scopes work too), with no weight update. The authors' code (locuslab/wanda, prune_wanda)
+per-matrix scopes work too), with no weight update. The norm is taken as sqrt(Σ x_j² / N), N the
+input vectors the Linear saw: every encoder Linear sees the same real tokens, so that divides all
+their scores by one number and ranks nothing differently (the authors' code divides by the number
+of sequences), while the pooler and head, which see one pooled vector per sentence, stay comparable
+with the encoder under a global threshold (`--prune-head --scope global`). The authors' code (locuslab/wanda, prune_wanda)
 measures 128 sequences of 2048 tokens; here --calibration-size training examples (128 by default),
 padding excluded (a padded position is not an input the model ever uses), through the model as it
 stands: dropout off, its pruned weights at 0, in one forward pass. The authors' code instead
@@ -90,26 +94,27 @@ def wanda_scores(weights: dict, pattern="unstructured", stats=None) -> dict:
 
 @torch.no_grad()
 def gather_input_norms(model, names: list, masks: dict, probe) -> dict:
-    """Wanda's statistic at one pruning step: {name: ||X_j||_2, (in,)} for the Linear of each weight in
-    `names`, over the real tokens of probe.calibration_size training examples (prune.py's `Probe`),
-    dropout off, one forward pass per batch. A forward hook on each Linear adds Σ x_j² over the
-    batch's real tokens: its input is (B, T, in) for the encoder's Linears, whose padded positions are
-    dropped by the batch's attention mask, or (B, in) for a pooled [CLS] vector (the pooler, the
-    heads), all real. Every rank reads the same examples (probe.batches(..., sharded=False)), so under
-    torchrun every rank holds the same norms."""
-    sums, real = {}, {}
+    """Wanda's statistic at one pruning step: {name: ||X_j||_2 / sqrt(N), (in,)} for the Linear of each
+    weight in `names`, over the real tokens of probe.calibration_size training examples (prune.py's
+    `Probe`), dropout off, one forward pass per batch. A forward hook on each Linear adds Σ x_j² and
+    the count N of vectors over the batch's real tokens: its input is (B, T, in) for the encoder's
+    Linears, whose padded positions are dropped by the batch's attention mask, or (B, in) for a pooled
+    [CLS] vector (the pooler, the heads), all real. Every rank reads the same examples
+    (probe.batches(..., sharded=False)), so under torchrun every rank holds the same norms."""
+    sums, count, real = {}, {}, {}
     hooks = []
     for name in names:
         linear = model.get_submodule(name.rsplit(".", 1)[0])
         if not isinstance(linear, torch.nn.Linear):
             raise ValueError(f"Wanda measures the inputs of Linear layers, and {name} is not one")
-        sums[name] = torch.zeros(linear.in_features, device=probe.device)
+        sums[name], count[name] = torch.zeros(linear.in_features, device=probe.device), 0
 
         def add(module, inputs, output, name=name):
             x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])  # (B·T, in), or (B, in) pooled
             if x.shape[0] == real["tokens"].numel():
                 x = x[real["tokens"]]                                         # (real tokens, in)
             sums[name] += x.pow(2).sum(0)                                     # Σ_tokens x_j²
+            count[name] += x.shape[0]
         hooks.append(linear.register_forward_hook(add))
     was_training = model.training
     model.eval()
@@ -126,5 +131,5 @@ def gather_input_norms(model, names: list, masks: dict, probe) -> dict:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return {n: s.sqrt() for n, s in sums.items()}
+    return {n: (s / count[n]).sqrt() for n, s in sums.items()}
 

@@ -294,7 +294,9 @@ def select_per_row(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     remainder). Where s · in is whole (50% of 384) that is the authors' int(s · in) per row; where it
     is not, their per-row floor would fall short of s, and this keeps every matrix at exactly s, as
     the other scopes do. Never reviving: a row whose weights already pruned (-inf) outnumber k_i
-    keeps them all pruned. Ties: lower column first (a stable sort)."""
+    keeps them all pruned (then the matrix ends above s: only masks made by another scope can do
+    that; a run keeps one scope, and each row's k_i only grows with s). Ties: lower column first (a
+    stable sort)."""
     out, width = scores.shape
     total = round(sparsity * scores.numel())
     k = torch.full((out, 1), total // out, device=scores.device)                     # (out, 1)
@@ -363,6 +365,7 @@ class Method:
 
 @dataclass(frozen=True)
 class Statistic:
+    label: str                            # what it is, for messages
     gather: Callable | None = None        # (model, names, masks, probe) -> stats, at a pruning step
     accumulate: Callable | None = None    # (running, weights) -> None, in place, at every training step
     flags: tuple = ()                     # the command-line flags that size it (cli.py: they apply only here)
@@ -383,33 +386,27 @@ class Probe:
     loss: Callable
     forward: Callable
     device: torch.device
-    owners: dict | None = None            # under torchrun: the rank that owns each tensor (`shard_by_size`)
-    num_grads: int = 1024                 # oBERT's Fisher: gradients, ...
-    fisher_batch_size: int = 16           # ... each on this many examples,
-    block_size: int | str = 50            # ... in blocks of B weights (or "row"),
-    damp: float = 1e-7                    # ... dampened by λ
-    calibration_size: int = 128           # Wanda: training examples whose inputs are measured (the paper's 128)
-    calibration_batch_size: int = 32
+    owners: dict | None                   # under torchrun: the rank that owns each tensor (`shard_by_size`)
+    num_grads: int                        # oBERT's Fisher: gradients, ...
+    fisher_batch_size: int                # ... each on this many examples,
+    block_size: int | str                 # ... in blocks of B weights (or "row"),
+    damp: float                           # ... dampened by λ
+    calibration_size: int | None          # Wanda: training examples whose inputs are measured (the paper's 128)
+    calibration_batch_size: int           # ... this many at a time
 
 
 @torch.no_grad()
 def magnitude_scores(weights: dict, pattern="unstructured", stats=None) -> dict:
     """GMP: |w_j|; for 4-block groups the group's 0.5 * ||w_Q||^2 (OBS with F = I)."""
-    scores = {}
-    for name, w in weights.items():
-        w = w.detach().float()
-        if pattern == "4-block":
-            s = 0.5 * w.reshape(-1, GROUP).pow(2).sum(1, keepdim=True).expand(-1, GROUP)   # (numel/4, 4)
-        else:
-            s = w.abs()
-        scores[name] = s.reshape(w.shape)
-    return scores
+    return {name: 0.5 * criteria.group_sums(w.detach().float().pow(2), pattern) if pattern == "4-block"
+            else w.detach().float().abs() for name, w in weights.items()}
 
 
 STATISTICS = {
-    "fisher": Statistic(gather=gather_fisher, flags=("num_grads", "fisher_batch_size", "block_size", "damp")),
-    "input_norms": Statistic(gather=criteria.gather_input_norms, flags=("calibration_size",)),
-    "movement": Statistic(accumulate=criteria.accumulate_movement),
+    "fisher": Statistic("Fisher", gather=gather_fisher, flags=("num_grads", "fisher_batch_size", "block_size",
+                                                                 "damp")),
+    "input_norms": Statistic("input norms", gather=criteria.gather_input_norms, flags=("calibration_size",)),
+    "movement": Statistic("movement sums", accumulate=criteria.accumulate_movement),
 }
 
 METHODS = {

@@ -229,7 +229,7 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         # 1. prune, at the schedule's pruning steps that ask for more than is in force: new masks,
         #    containing the old ones
         if step in pruning_steps and sched.sparsity_at(step) > sched.sparsity_at(step - 1):
-            masks = pruning_event(step, sched.sparsity_at(step), model, masks, opt, d, args, rt, running)
+            masks = pruning_event(step, sched.sparsity_at(step), model, masks, opt, d, args, rt, running=running)
         # 2. forward and backward over grad_accum micro-batches (distilled from the teacher, if any;
         #    with CrAM, again at a compressed perturbation of the weights)
         if use_cram:
@@ -301,20 +301,21 @@ def diverged(label, step, loss, grad_norm, saved, out) -> NonFinite:
 # -----------------------------------------------------------------------------
 # The pruning step, and what its criterion reads.
 
-def pruning_event(step, sparsity, model, masks, opt, d, args, rt, stats=None) -> dict:
+def pruning_event(step, sparsity, model, masks, opt, d, args, rt, stats=None, running=None) -> dict:
     """One scheduled pruning step: score the prunable weights with args.method, select the lowest
     to reach `sparsity` (never reviving one), let the method move the rest (oBERT's OBS update),
-    and zero AdamW's moments at the pruned weights (and the accumulated statistic there: it follows
-    the masks). Under torchrun each rank handles its share of the tensors and the results reach
-    every rank (prune.prune_step). `stats`: what the criterion reads, already at hand (movement's
-    running sum; one-shot's Fisher or norms of the dense model, shared by every sparsity); else
-    gathered here (`gather_statistic`)."""
+    and zero AdamW's moments at the pruned weights. Under torchrun each rank handles its share of
+    the tensors and the results reach every rank (prune.prune_step). What the criterion reads:
+    `running`, the statistic accumulated in training (movement's sum, zeroed here where the new
+    masks prune: it follows them); or `stats`, gathered already (one-shot's Fisher or norms of the
+    dense model, shared by every sparsity); else gathered here (`gather_statistic`)."""
     method = prune.METHODS[args.method]
     params = dict(model.named_parameters())
     names = prune.prunable_names(model, args.prune_embeddings, args.prune_head)
     owners = tensor_owners(params, names, rt)
-    running = stats if prune.accumulated(method) else None
-    if stats is None and prune.gathered(method):
+    if running is not None:
+        stats = running
+    elif stats is None and prune.gathered(method):
         stats = gather_statistic(method, model, names, masks, d, args, rt, owners, step)
     masks = prune.prune_step({n: params[n] for n in names}, method, sparsity, args.scope, args.pattern, masks,
                              stats, owners)
@@ -353,8 +354,10 @@ def probe(d, args, rt, owners, step) -> prune.Probe:
     def forward_only(model, batch):
         with rt.autocast():
             return forward(model, batch)
-    return prune.Probe(batches, loss, forward_only, rt.device, owners, args.num_grads, args.fisher_batch_size,
-                       args.block_size, args.damp, args.calibration_size or 128, 2 * args.batch_size)
+    return prune.Probe(batches=batches, loss=loss, forward=forward_only, device=rt.device, owners=owners,
+                       num_grads=args.num_grads, fisher_batch_size=args.fisher_batch_size, block_size=args.block_size,
+                       damp=args.damp, calibration_size=args.calibration_size,
+                       calibration_batch_size=2 * args.batch_size)
 
 
 def endless(loader, first_epoch):
@@ -495,6 +498,17 @@ def get_teacher(args, d, rt):
     return teacher, scores
 
 
+def pruned_by(args) -> str:
+    """The sparsity report's first line: the criterion, what competes, the target of what."""
+    if args.sparsity == 0:
+        return "dense fine-tuning: nothing pruned"
+    group = (f"the N best of every M ({args.pattern})" if prune.parse_nm(args.pattern) else
+             {"global": "all together", "layer": "per matrix", "row": "per output row"}[args.scope]
+             + (", in groups of 4" if args.pattern == "4-block" else ""))
+    what = "the encoder" + (", the embeddings" if args.prune_embeddings else "") + (", the head" if args.prune_head else "")
+    return f"pruned by {args.method} ({group}) to {args.sparsity:g} of {what}'s prunable weights"
+
+
 def peak_memory_bytes(device) -> int:
     """This process's peak: resident memory on a CPU, the allocator's peak on a GPU."""
     if device.type == "cuda":
@@ -514,9 +528,9 @@ def export(student, fitted, teacher_scores, d, args, rt, start):
         raise NonFinite(f"the student's {bad[0]} holds NaN or inf after training; nothing was exported: lower --lr")
     metric = evaluate(student, d, 2 * args.batch_size, rt)
     rundir.save_model(student, args.model_folder, out, "model")
-    report = prune.sparsity_report(student, fitted.masks, f"pruned by {args.method}, scope {args.scope}, pattern "
-                                   f"{args.pattern}, target {args.sparsity:g} of the encoder")
-    results = {"task": args.task, "method": args.method, "scope": args.scope, "metric": metric, "holdout_metric": holdout_metric(student, d, 2 * args.batch_size, rt),
+    report = prune.sparsity_report(student, fitted.masks, pruned_by(args))
+    method = prune.METHODS[args.method]
+    results = {"task": args.task, "method": args.method, "scope": args.scope, "statistic": method.reads, "metric": metric, "holdout_metric": holdout_metric(student, d, 2 * args.batch_size, rt),
                **teacher_scores,
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
                "tokens_per_s": round(fitted.tokens_per_s, 1), "student_seconds": round(fitted.seconds, 1),
@@ -591,7 +605,8 @@ def oneshot(args, d, rt):
     evaluated: encoder only, the same pruning step as gradual pruning (`pruning_event`).
     With --recomputations N the step is N equal sparsity increments, s * i / N for i = 1..N, each
     scoring with a statistic (oBERT's Fisher, Wanda's norms) gathered again at the weights (and
-    masks) the previous increment left; with N = 1 every sparsity starts from the same dense
+    masks) the previous increment left, from new batches (increment i reads the batches of pruning
+    step i, as a gradual run's steps do); with N = 1 every sparsity starts from the same dense
     weights, so the statistic is gathered once, from the dense model, for all of them."""
     out = Path(args.out_dir)
     method = prune.METHODS[args.method]
@@ -608,7 +623,7 @@ def oneshot(args, d, rt):
         names = prune.prunable_names(dense, args.prune_embeddings, args.prune_head)
         stats = gather_statistic(method, dense, names, {}, d, args, rt, tensor_owners(params, names, rt), 1)
         stats_seconds = round(time.time() - t0, 1)
-        log(rt, f"one-shot: the dense model's {method.reads} ({stats_seconds:.0f} s)")
+        log(rt, f"one-shot: {prune.STATISTICS[method.reads].label} of the dense model ({stats_seconds:.0f} s)")
     for s in args.oneshot:
         model, masks, t0 = copy.deepcopy(dense), {}, time.time()
         for i in range(1, args.recomputations + 1):
@@ -624,7 +639,8 @@ def oneshot(args, d, rt):
         del model
     if rt.rank == 0:
         title = (f"one-shot {args.method} ({args.scope}), {args.recomputations} recomputation(s), {args.model}, "
-                 f"{args.task} validation" + (f"; one {method.reads} for all, {stats_seconds:.0f} s" if stats else ""))
+                 f"{args.task} validation" + (f"; {prune.STATISTICS[method.reads].label} of the dense model for "
+                                              f"all, {stats_seconds:.0f} s" if stats else ""))
         lines = [title, f"{'sparsity':>8} {'encoder':>8} " + " ".join(f"{k:>12}" for k in rows[0]["metric"])
                  + f" {'seconds':>8}"]
         lines += [f"{r['sparsity']:8.2f} {r['encoder_sparsity']:8.4f} " + " ".join(f"{v:12.2f}" for v in
