@@ -110,11 +110,13 @@ def probe_of(batches, size):
     def stream(batch_size, stream_id, sharded):
         while True:
             yield from batches
-    return P.Probe(stream, None, lambda m, b: m(b["input_ids"], b["attention_mask"], b["token_type_ids"]),
-                   torch.device("cpu"), calibration_size=size)
+    return P.Probe(batches=stream, loss=None, forward=lambda m, b: m(b["input_ids"], b["attention_mask"],
+                                                                     b["token_type_ids"]),
+                   device=torch.device("cpu"), owners=None, num_grads=0, fisher_batch_size=0, block_size=0, damp=0.0,
+                   calibration_size=size, calibration_batch_size=0)
 
 
-def test_input_norms_are_sums_over_real_tokens_and_padding_changes_nothing(tiny_bert):
+def test_input_norms_are_over_real_tokens_and_padding_changes_nothing(tiny_bert):
     m = modeling.from_pretrained(tiny_bert, head="classification", num_labels=2, verbose=False)
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(5, 99, (2, 6), generator=g)
@@ -131,7 +133,8 @@ def test_input_norms_are_sums_over_real_tokens_and_padding_changes_nothing(tiny_
     m.eval()
     with torch.no_grad():                                                      # layer 0's query reads the embeddings
         x = m.embeddings(ids, torch.zeros_like(ids))                           # (B, T, H)
-    want = torch.tensor([sum(float(x[b, t, j]) ** 2 for b in range(2) for t in range(6) if mask[b, t]) ** 0.5
+    real = int(mask.sum())                                                     # the root mean square over them
+    want = torch.tensor([(sum(float(x[b, t, j]) ** 2 for b in range(2) for t in range(6) if mask[b, t]) / real) ** 0.5
                          for j in range(x.shape[2])])
     assert torch.allclose(got["layers.0.query.weight"], want, rtol=1e-5)
 

@@ -265,7 +265,7 @@ def test_evaluate_leaves_the_model_in_its_mode(tiny_bert_with_vocab):
 def test_a_pruning_step_that_asks_for_nothing_new_is_skipped(tmp_path, tiny_bert_with_vocab, monkeypatch):
     calls = []
     event = train.pruning_event
-    monkeypatch.setattr(train, "pruning_event", lambda *a: calls.append(a[1]) or event(*a))
+    monkeypatch.setattr(train, "pruning_event", lambda *a, **k: calls.append(a[1]) or event(*a, **k))
     train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.3", "--no-kd"))
     # s_i = 0.3 by depth (2 layers), the target: the first pruning step reaches it, the six after it ask
     # for nothing new (as BERT-base's default s_i = 0.7 does for a target of 0.5 or less)
