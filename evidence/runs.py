@@ -99,6 +99,12 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
     add("teacher", C + ["--model", M, "--sparsity", "0", "--epochs", str(TEACHER_EPOCHS), "--lr", "5e-5"])
     out.append(("softmax", [sys.executable, "evidence/softmax.py", "--model", str(RUNS / "teacher-s0" / "model"),
                             *(["--data-dir", data_dir] if data_dir else []), "--out", str(RUNS / "softmax.json")]))
+    # the recipe's first cut alone, by movement, magnitude, at random and largest first (why movement collapses)
+    for k in SEEDS:
+        out.append((f"first-cut-s{k}", [sys.executable, "evidence/first_cut.py", "--teacher",
+                                        str(RUNS / f"teacher-s{k}" / "model"), "--model", M,
+                                        *(["--data-dir", data_dir] if data_dir else []), "--seed", str(k),
+                                        "--out", str(RUNS / f"first-cut-s{k}.json")]))
     # the teacher pruned in one shot by oBERT, each sparsity exported: what sparse.py times (README, What
     # sparsity buys)
     add("oneshot-obert-export", C + ["--model", "{teacher}", "--method", "obert", "--oneshot", ",".join(map(str, INFERENCE)),
@@ -157,7 +163,7 @@ def machine() -> str:
 
 
 CODE = ["model.py", "prune.py", "obert.py", "criteria.py", "schedule.py", "distill.py", "cram.py", "train.py", "cli.py",
-        "rundir.py", "data.py", "sparse.py", "evidence/softmax.py"]
+        "rundir.py", "data.py", "sparse.py", "evidence/softmax.py", "evidence/first_cut.py", "labs/common.py"]
 
 
 def git(*args) -> str:
@@ -202,8 +208,9 @@ def shell(cmd: list[str], M: str) -> str:
 
 def run(name: str, cmd: list[str], M: str) -> dict:
     out = ROOT / RUNS / name
-    finished = (out / "results.json").is_file() and name != "softmax"
-    if out.exists() and not finished and name != "softmax":
+    script = cmd[1] != "train.py"                  # softmax.py, first_cut.py: they write their record at --out
+    finished = (out / "results.json").is_file() and not script
+    if out.exists() and not finished and not script:
         cmd = cmd + ["--overwrite"]                 # an interrupted run of ours: train.py checks run.json
     shown = shell(cmd, M)
     print(f"\n== {name}: {shown}", flush=True)
@@ -214,8 +221,8 @@ def run(name: str, cmd: list[str], M: str) -> dict:
     else:
         subprocess.run(cmd, cwd=ROOT, check=True)
         seconds = round(time.time() - t0, 1)
-    if name == "softmax":
-        record = json.loads((ROOT / RUNS / "softmax.json").read_text())
+    if script:
+        record = json.loads((ROOT / cmd[cmd.index("--out") + 1]).read_text())
     else:
         record = trim(json.loads((out / "results.json").read_text()), out / "student" / "log.jsonl")
     seed = re.search(r"-s(\d+)$", name)

@@ -1,0 +1,116 @@
+"""The recipe's first cut, by four criteria: why movement collapses where magnitude recovers.
+
+The recipe with movement (runs.py's movement80-b2) ends at SST-2's majority class for every seed,
+from its first pruning step on. This script repeats that first step alone, with the same student,
+data order and teacher as that run: the pretrained student distilled from the teacher for the
+recipe's 50 dense steps (2/30 of 752), movement's sum S = -Σ w·g accumulated as train.py
+accumulates it; then 30% of every encoder matrix cut (per matrix, movement's scope) by
+
+    movement        the lowest S: the weights training pushed toward zero, by how much (w·g)
+    magnitude       the lowest |w|
+    at random       a uniform draw (seeded)
+    largest first   the highest |w|: the worst magnitude could do
+
+and the student's dev accuracy measured right after the cut and after 100 more steps of the
+recipe's training (KD at T = 5.5, the recipe's learning rate, the masks held). Movement's score is
+the first-order Taylor estimate of what removing a weight changes in the loss, ΔL ≈ -g·w: it is
+blind to the second-order term w² H / 2, which for a large weight dominates, so a cut of 30% at
+once removes weights whose loss it misjudges most.
+
+    python evidence/first_cut.py --teacher runs/evidence/teacher-s0/model --data-dir ../shared/data \\
+        --seed 0 --out runs/evidence/first-cut-s0.json
+"""
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "labs"))
+import torch                                     # noqa: E402
+
+import common                                    # noqa: E402  (labs/common.py: the lab loop's pieces, train.py's)
+import criteria                                  # noqa: E402
+import data                                      # noqa: E402
+import distill                                   # noqa: E402
+import prune                                     # noqa: E402
+from schedule import Schedule                    # noqa: E402
+
+STEPS, DENSE, AFTER, CUT = 752, 50, 100, 0.3     # the recipe's budget and dense phase; steps after; the cut
+
+
+def train_steps(lab, student, teacher, sched, first, last, masks, seed, running=None):
+    """Steps first .. last - 1 of the recipe's student training (its data order, KD, masked AdamW);
+    adds -w·g to `running` as train.py does, after the masked, clipped gradient."""
+    params = dict(student.named_parameters())
+    opt, batches, step = common.adamw(student, sched.lr_max), common.loader(lab, lab.train, True, seed), 0
+    for epoch in range(last // len(batches) + 1):
+        data.set_epoch(batches, epoch)
+        for batch in batches:
+            if step == last:
+                return
+            if step >= first:
+                batch = common.on(lab, batch)
+                with torch.no_grad():
+                    z_t = common.logits(teacher, batch)
+                distill.kd_loss(common.logits(student, batch), z_t, 5.5).backward()
+                prune.mask_gradients(params, masks)
+                torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                if running is not None:
+                    criteria.accumulate_movement(running, params)
+                for group in opt.param_groups:
+                    group["lr"] = sched.lr_at(step)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                prune.apply_masks(params, masks)
+            step += 1
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher", required=True, help="the dense teacher of this seed (runs/evidence/teacher-sK/model)")
+    ap.add_argument("--model", help="the pretrained weights (default: all-MiniLM-L6-v2, as labs/common.py finds it)")
+    ap.add_argument("--data-dir", help="SST-2's files (default: the hub)")
+    ap.add_argument("--seed", type=int, default=0, help="the student's seed: its head, dropout and data order")
+    ap.add_argument("--out", required=True, help="the JSON record to write")
+    args = ap.parse_args()
+    lab = common.start("first-cut", "the recipe's first cut by four criteria",
+                       [*(["--model", args.model] if args.model else []),
+                        *(["--data-dir", args.data_dir] if args.data_dir else []), "--out", str(Path(args.out).parent)])
+    t0 = time.time()
+    teacher = common.student(lab, args.teacher, args.seed).eval()
+    sched = Schedule(STEPS, 0.8, 0.3, lr_max=5e-5, lr_min=5e-6)          # the recipe at the chosen budget
+    student = common.student(lab, seed=args.seed)
+    names = prune.prunable_names(student)
+    S = {n: torch.zeros_like(student.get_parameter(n)) for n in names}
+    train_steps(lab, student, teacher, sched, 0, DENSE, {}, args.seed, S)
+    dense = common.accuracy(student, lab)
+    w = {n: student.get_parameter(n).detach() for n in names}
+    g = torch.Generator().manual_seed(args.seed)
+    scores = {"movement": S, "magnitude": {n: t.abs() for n, t in w.items()},
+              "at random": {n: torch.rand(t.shape, generator=g) for n, t in w.items()},
+              "largest first": {n: -t.abs() for n, t in w.items()}}
+    record = {"seed": args.seed, "dense_steps": DENSE, "cut": CUT, "after_steps": AFTER, "accuracy_before_cut": dense,
+              "criteria": {}}
+    for name, s in scores.items():
+        cut = copy.deepcopy(student)
+        params = dict(cut.named_parameters())
+        masks = prune.select(s, CUT, "layer")
+        prune.apply_masks(params, masks)
+        right_after = common.accuracy(cut, lab)
+        train_steps(lab, cut, teacher, sched, DENSE, DENSE + AFTER, masks, args.seed)
+        big = sum(int((~masks[n] & (w[n].abs() >= w[n].abs().flatten().quantile(0.99))).sum()) for n in names)
+        top = sum(int((w[n].abs() >= w[n].abs().flatten().quantile(0.99)).sum()) for n in names)
+        record["criteria"][name] = {"right_after": right_after, "after_training": common.accuracy(cut, lab),
+                                    "share_of_largest_1pct_cut": big / top}
+        print(f"{name:14} cut 30% per matrix: {right_after:.2f} right after, "
+              f"{record['criteria'][name]['after_training']:.2f} after {AFTER} more steps; it cut "
+              f"{big / top:.0%} of the largest 1% of weights", flush=True)
+    record["seconds"] = round(time.time() - t0, 1)
+    Path(args.out).write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
