@@ -40,6 +40,7 @@ the median kept, and a sparse kernel taken only when it beats dense by ROUTE_MAR
 
     pip install pybind11 && pip install --no-build-isolation sparseprop==0.1.14
 """
+import functools
 import os
 import sys
 import time
@@ -133,7 +134,7 @@ def use_sparse(linear, index: CSRIndex):
     linear.forward = types.MethodType(sparse_forward, linear)     # this instance only; its weight is unchanged
 
 
-KERNEL_STATE = ("forward", "csr", "csr_weight", "kernel")     # what use_sparse / use_csr set on a Linear
+KERNEL_STATE = ("forward", "csr", "csr_weight", "tiled_values", "kernel")   # what use_sparse, use_csr, use_tiled set
 
 
 def use_dense(linear):
@@ -196,11 +197,13 @@ def unroute(model):
 
 
 # -----------------------------------------------------------------------------
-# Inference on a CPU: each encoder Linear through the fastest of three kernels for its weights.
+# Inference on a CPU: each encoder Linear through the fastest of four kernels for its weights.
 #
 #   dense        W x, MKL's GEMM: every weight, zero or not                out · in · T multiply-adds
 #   csr          PyTorch's CSR product (MKL's sparse BLAS on x86), W fixed  nnz · T, irregular reads
-#   sparseprop   SparseProp's forward kernel (above), vectorised over T     nnz · T
+#   sparseprop   SparseProp's forward kernel (above), vectorised over T     nnz · T, x and y transposed whole
+#   tiled        this project's (sparse_kernel.cpp): CSR rows against tiles nnz · T, a tile of x transposed
+#                of up to 48 tokens, vectorised across the tile             at a time, in the core's cache
 #
 # Which wins depends on the matrix's sparsity and shape and on T, the tokens of a batch (one
 # sentence or a serving batch of 32), so `route_inference` times each candidate on T random
@@ -210,7 +213,7 @@ def unroute(model):
 # inside the time it is judged by. The weights themselves are unchanged: a CSR copy of W is
 # built once (inference only: it does not follow later updates).
 
-KERNELS = ("dense", "csr", "sparseprop")
+KERNELS = ("dense", "csr", "sparseprop", "tiled")
 ROUTE_MARGIN = 0.05           # a sparse kernel replaces dense only if at least 5% faster than it
 
 
@@ -241,12 +244,57 @@ def use_csr(linear):
     linear.forward = types.MethodType(csr_forward, linear)
 
 
+@functools.cache
+def build_tiled_kernel():
+    """(the compiled sparse_kernel.cpp, None) or (None, why it cannot be built): built once per process
+    by torch.utils.cpp_extension (it needs a C++ compiler and ninja; the first build takes about half a
+    minute, later ones reuse torch's extensions folder)."""
+    try:
+        from torch.utils.cpp_extension import load
+        source = Path(__file__).with_name("sparse_kernel.cpp")
+        return load("prune_lm_sparse_kernel", [str(source)], extra_cflags=["-O3", "-march=native"], verbose=False), None
+    except Exception as e:                    # no compiler, no ninja, a compiler that refuses -march=native
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else ''}"
+
+
+def tiled_kernel():
+    """This project's kernel, compiled on first use; ImportError with one sentence where it cannot be."""
+    module, why = build_tiled_kernel()
+    if module is None:
+        raise ImportError(f"this project's sparse kernel (sparse_kernel.cpp) could not be built ({why}); it needs "
+                          f"a C++ compiler and `pip install ninja`.")
+    return module
+
+
+def tiled_forward(linear, x):
+    """y = x Wᵀ + b through sparse_kernel.cpp: (..., in) -> (..., out), contiguous, computed in float32.
+    A forward pass only: it has no backward, so it refuses to run where autograd would need one."""
+    if torch.is_grad_enabled() and (x.requires_grad or linear.weight.requires_grad):
+        raise RuntimeError("this project's sparse kernel computes inference only; run the model under "
+                           "torch.no_grad() (training's sparse kernels are SparseProp's: --sparse-backprop)")
+    flat = x.reshape(-1, linear.in_features).float().contiguous()            # (T, in)
+    bias = linear.bias.detach().float() if linear.bias is not None else flat.new_zeros(0)
+    y = tiled_kernel().forward(flat, linear.csr.indptr, linear.csr.indices, linear.tiled_values, bias)   # (T, out)
+    return y.reshape(*x.shape[:-1], linear.out_features).to(x.dtype)          # (..., out)
+
+
+def use_tiled(linear):
+    """Route one Linear through sparse_kernel.cpp: its kept weights in CSR by row, built once (inference)."""
+    tiled_kernel()
+    linear.csr = csr_index(linear.weight.detach() != 0)
+    linear.tiled_values = linear.weight.detach().reshape(-1)[linear.csr.flat].float().contiguous()   # (nnz,)
+    linear.kernel = "tiled"
+    linear.forward = types.MethodType(tiled_forward, linear)
+
+
 def use_kernel(linear, kernel: str):
     use_dense(linear)
     if kernel == "csr":
         use_csr(linear)
     elif kernel == "sparseprop":
         use_sparse(linear, csr_index(linear.weight.detach() != 0))
+    elif kernel == "tiled":
+        use_tiled(linear)
 
 
 def kernel_state(linear) -> dict:
@@ -260,12 +308,22 @@ def restore_kernel(linear, state: dict):
 
 
 def available_kernels() -> tuple:
-    """The kernels this machine has: SparseProp only where `pip install sparseprop` was done."""
-    try:
-        kernels()
-        return KERNELS
-    except ImportError:
-        return ("dense", "csr")
+    """The kernels this machine has: SparseProp only where `pip install sparseprop` was done, this
+    project's only where sparse_kernel.cpp can be compiled."""
+    have = ["dense", "csr"]
+    for name, check in (("sparseprop", kernels), ("tiled", tiled_kernel)):
+        try:
+            check()
+            have.append(name)
+        except ImportError:
+            pass
+    return tuple(have)
+
+
+def predicted_speedup(forward: float, dense: list, fast: list) -> float:
+    """The forward's speed-up when its Linears' times fall from `dense` to `fast` (seconds each) and the
+    rest of its `forward` seconds stays (Amdahl's law): forward / (forward - Σ dense + Σ fast)."""
+    return forward / (forward - sum(dense) + sum(fast))
 
 
 @torch.no_grad()

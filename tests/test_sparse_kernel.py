@@ -1,0 +1,78 @@
+"""This project's sparse kernel (sparse_kernel.cpp, through sparse.py's `use_tiled`) against the dense
+masked product: every shape and sparsity tried here, to 1e-5 in float32."""
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sparse
+
+if shutil.which("c++") is None and shutil.which("g++") is None:            # no compiler: nothing to build
+    pytest.skip("sparse_kernel.cpp needs a C++ compiler", allow_module_level=True)
+
+
+def pruned_linear(out_f, in_f, sparsity, bias=True, seed=0, empty_rows=()):
+    g = torch.Generator().manual_seed(seed)
+    linear = torch.nn.Linear(in_f, out_f, bias=bias)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(out_f, in_f, generator=g) >= sparsity)
+        for r in empty_rows:
+            linear.weight[r] = 0.0
+        if bias:
+            linear.bias.normal_(generator=g)
+    return linear
+
+
+@pytest.mark.parametrize("shape, sparsity, tokens", [
+    ((384, 384), 0.9, (32, 44)),          # a batch of 32 SST-2 sentences
+    ((1536, 384), 0.97, (1, 25)),         # one sentence
+    ((384, 1536), 0.8, (2, 700)),         # long sequences: many tiles, their last one partial
+    ((3072, 768), 0.9, (1, 1)),           # one token
+    ((37, 101), 0.5, (3, 17)),            # odd sizes: rows and inputs no multiple of anything
+    ((5, 3), 0.0, (1, 33)),               # dense, tiny
+    ((64, 48), 1.0, (2, 16)),             # every weight pruned: only the bias
+])
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_kernel_equals_the_dense_masked_product(shape, sparsity, tokens, bias):
+    linear = pruned_linear(*shape, sparsity, bias)
+    x = torch.randn(*tokens, shape[1], generator=torch.Generator().manual_seed(1))
+    want = F.linear(x, linear.weight, linear.bias)
+    sparse.use_kernel(linear, "tiled")
+    with torch.no_grad():
+        got = linear(x)
+    assert vars(linear)["kernel"] == "tiled" and got.shape == want.shape and got.is_contiguous()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
+
+
+def test_empty_rows_give_the_bias_and_every_tile_width_is_exact():
+    """Rows with no kept weight (their sum is 0: the bias alone), and T from 1 to 130 tokens, so that
+    tiles of 16, 32 and 48 tokens and every partial last tile are all run."""
+    linear = pruned_linear(50, 40, 0.7, empty_rows=(0, 7, 49))
+    x = torch.randn(130, 40, generator=torch.Generator().manual_seed(2))
+    want = F.linear(x, linear.weight, linear.bias)
+    sparse.use_kernel(linear, "tiled")
+    with torch.no_grad():
+        for T in list(range(1, 50)) + [63, 64, 65, 96, 97, 130]:
+            got = linear(x[:T])
+            assert torch.allclose(got, want[:T], rtol=1e-5, atol=1e-5), T
+        assert torch.equal(linear(x)[:, [0, 7, 49]], linear.bias[[0, 7, 49]].expand(130, 3))
+
+
+def test_the_kernel_uses_the_weights_it_was_given_and_refuses_to_train():
+    linear = pruned_linear(16, 24, 0.5)
+    sparse.use_kernel(linear, "tiled")
+    x = torch.randn(4, 24)
+    with pytest.raises(RuntimeError, match="inference only"):
+        linear(x)                                       # autograd would need a backward it does not have
+    with torch.no_grad():
+        y = linear(x)
+    sparse.use_dense(linear)
+    assert "forward" not in vars(linear) and "tiled_values" not in vars(linear)
+    with torch.no_grad():
+        assert torch.allclose(linear(x), y, atol=1e-6)
+
+
+def test_predicted_speedup_is_amdahls_law():
+    assert sparse.predicted_speedup(10.0, [6.0, 2.0], [1.0, 1.0]) == pytest.approx(10.0 / 4.0)
+    assert sparse.predicted_speedup(5.0, [], []) == 1.0
