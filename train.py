@@ -28,7 +28,8 @@ And two ways to make it faster on a CPU: batches grouped by length (on by defaul
 
 The files around the loop: cli.py parses the flags and checks every input before anything is
 written (bad input: one sentence, exit 2); rundir.py owns the output folder (what --overwrite
-may delete, atomic writes, the checkpoints that make --resume bit-identical). Under
+may delete, atomic writes, the checkpoints that make --resume bit-identical); runtime.py sets up
+the device, the data and the models, scores them and prints the progress line. Under
 `torchrun --nproc_per_node=N` the same script runs DDP with one data shard per rank (and oBERT's
 Fisher sharded across the ranks).
 """
@@ -36,14 +37,12 @@ import copy
 import itertools
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import cli
 import cram
@@ -53,6 +52,7 @@ import model as modeling
 import obert
 import prune
 import rundir
+import runtime
 import sparse
 from rundir import UsageError
 from schedule import Schedule
@@ -62,54 +62,8 @@ class NonFinite(Exception):
     """A loss or gradient became NaN or infinite: the run stops, nothing is exported."""
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """Where this process computes: its device, its rank among `world` processes, the autocast dtype."""
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    dtype: torch.dtype = torch.float32
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-
-
-@dataclass(frozen=True)
-class Data:
-    """The task's encoded data: training features (and their shuffled, padded loader) and the dev set."""
-    task: data.Task
-    train: list                    # features
-    loader: torch.utils.data.DataLoader
-    eval_examples: list
-    eval_features: list
-    pad_id: int
-    tokens_per_batch: int          # batch size x mean real length: sparse.route times the kernels on this many
-    holdout_examples: list = ()    # --holdout: the training file's last N examples, never trained on
-    holdout_features: list = ()
-    fingerprint: str = ""          # of the examples of every split (data.fingerprint): run.json records it
-
-
 # -----------------------------------------------------------------------------
 # Pieces of one optimizer step.
-
-def forward(net, batch):
-    return net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-
-
-def task_loss(task, out, batch):
-    if task.kind == "question_answering":   # mean of the start and end cross-entropies
-        return (F.cross_entropy(out[0].float(), batch["start_positions"]) +
-                F.cross_entropy(out[1].float(), batch["end_positions"])) / 2
-    return F.cross_entropy(out.float(), batch["labels"])
-
-
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
 
 def optimizer_for(model, lr, weight_decay):
     """AdamW; weight decay on weight matrices only (not on biases, LayerNorms). The fused kernel
@@ -145,13 +99,13 @@ def forward_backward(net, teacher, batches, task, args, rt):
     teacher's soft targets (distill.py). Returns the loss and the real (unpadded) tokens seen."""
     total, tokens = 0.0, 0
     for batch in batches:
-        batch = to_device(batch, rt.device)
+        batch = runtime.to_device(batch, rt.device)
         with rt.autocast():
-            logits = forward(net, batch)
-            loss = task_loss(task, logits, batch)
+            logits = runtime.forward(net, batch)
+            loss = runtime.task_loss(task, logits, batch)
             if teacher is not None:
                 with torch.no_grad():
-                    t_logits = forward(teacher, batch)
+                    t_logits = runtime.forward(teacher, batch)
                 span_mask = batch["attention_mask"].bool() if task.kind == "question_answering" else None
                 kd = distill.kd_loss(logits, t_logits, args.temperature, span_mask)
                 loss = distill.combine(loss, kd, args.hardness)
@@ -250,20 +204,20 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
         # 4. with step + 1 steps done: log, evaluate at the end of a pruning cycle, checkpoint
         done = step + 1
         if done % args.log_every == 0 or done == sched.total_steps:
-            log_record(rt, log_file, {"phase": phase, "step": done, "loss": loss, "lr": lr,
+            runtime.log_record(rt, log_file, {"phase": phase, "step": done, "loss": loss, "lr": lr,
                                       "sparsity": round(sched.sparsity_at(step), 4),
                                       "tokens_per_s": round(tokens_per_s(), 1), "elapsed_s": round(time.time() - t0, 1)},
                        (label, first, sched.total_steps))
         if done in cycle_ends and rt.rank == 0:
-            metric = evaluate(model, d, 2 * args.batch_size, rt)
-            log(rt, f"{label}: step {done} (end of a pruning cycle) eval {metric}")
-            log_record(rt, log_file, {"phase": phase, "step": done, "sparsity": round(sched.sparsity_at(step), 4),
+            metric = runtime.evaluate(model, d, 2 * args.batch_size, rt)
+            runtime.log(rt, f"{label}: step {done} (end of a pruning cycle) eval {metric}")
+            runtime.log_record(rt, log_file, {"phase": phase, "step": done, "sparsity": round(sched.sparsity_at(step), 4),
                                       "eval": metric})
         if done % args.checkpoint_every == 0 or done in (sched.total_steps, args.stop_after):
             rundir.save_checkpoint(out / "checkpoint.pt", model, opt, masks, done, args, rt, running)
             saved = done
         if done == args.stop_after:
-            log(rt, f"{label}: stopped after step {done} (--stop-after); continue with --resume")
+            runtime.log(rt, f"{label}: stopped after step {done} (--stop-after); continue with --resume")
             return Fitted(masks, tokens_per_s(), True, time.time() - t0)
         step += 1
     return Fitted(masks, tokens_per_s(), False, time.time() - t0)
@@ -283,12 +237,12 @@ def resume_phase(out, model, opt, running, label, args, rt):
     `running`) of OUT/phase/checkpoint.pt, loaded into model and opt; or step 0 where this phase has no
     checkpoint yet (the teacher had finished)."""
     if not (out / "checkpoint.pt").is_file():
-        log(rt, f"{label}: no checkpoint to resume from in {out}; starting at step 0")
+        runtime.log(rt, f"{label}: no checkpoint to resume from in {out}; starting at step 0")
         return {}, 0
     masks, step, kernels = rundir.load_checkpoint(out / "checkpoint.pt", model, opt, rt.device, running)
     if args.sparse_backprop:
         sparse.follow(model, masks, kernels)
-    log(rt, f"{label}: resumed at step {step}")
+    runtime.log(rt, f"{label}: resumed at step {step}")
     return masks, step
 
 
@@ -327,7 +281,7 @@ def pruning_event(step, sparsity, model, masks, opt, d, args, rt, stats=None, ru
         prune.apply_masks(running, masks)
     if args.sparse_backprop:         # the index follows the masks: rebuilt here, and nowhere else
         chosen = sparse.route(model, masks, d.tokens_per_batch)
-        log(rt, f"step {step}: sparsity {sparsity:.4f}, {list(chosen.values()).count('sparse')} of {len(chosen)} "
+        runtime.log(rt, f"step {step}: sparsity {sparsity:.4f}, {list(chosen.values()).count('sparse')} of {len(chosen)} "
                 f"matrices through SparseProp's kernels")
     return masks
 
@@ -345,15 +299,15 @@ def probe(d, args, rt, owners, step) -> prune.Probe:
     to the device; the task loss and the forward under the run's autocast; the flags that size them."""
     def batches(batch_size, stream, sharded):
         loader = data.make_loader(d.train, batch_size, True, args.seed + stream, d.pad_id, sharded and rt.distributed)
-        return (to_device(b, rt.device) for b in endless(loader, first_epoch=1000 * step))
+        return (runtime.to_device(b, rt.device) for b in endless(loader, first_epoch=1000 * step))
 
     def loss(model, batch):
         with rt.autocast():
-            return task_loss(d.task, forward(model, batch), batch)
+            return runtime.task_loss(d.task, runtime.forward(model, batch), batch)
 
     def forward_only(model, batch):
         with rt.autocast():
-            return forward(model, batch)
+            return runtime.forward(model, batch)
     return prune.Probe(batches=batches, loss=loss, forward=forward_only, device=rt.device, owners=owners,
                        num_grads=args.num_grads, fisher_batch_size=args.fisher_batch_size, block_size=args.block_size,
                        damp=args.damp, calibration_size=args.calibration_size,
@@ -374,110 +328,15 @@ def tensor_owners(params, names, rt) -> dict | None:
 
 
 # -----------------------------------------------------------------------------
-# Evaluation and logs.
-
-@torch.no_grad()
-def evaluate(model, d, batch_size, rt, holdout=False):
-    """The task's metric on the dev set (or on the --holdout examples), dropout off; the model is left
-    in the mode it came in (the teacher stays in eval mode: distilling from a dropout-noisy teacher
-    would be a bug)."""
-    examples, features = (d.holdout_examples, d.holdout_features) if holdout else (d.eval_examples, d.eval_features)
-    was_training = model.training
-    model.eval()
-    outputs = []
-    for batch in data.make_loader(features, batch_size, False, 0, d.pad_id):
-        with rt.autocast():
-            out = forward(model, to_device(batch, rt.device))
-        if d.task.kind == "question_answering":
-            outputs += list(zip(out[0].float().cpu().tolist(), out[1].float().cpu().tolist()))
-        else:
-            outputs += out.float().cpu().tolist()
-    model.train(was_training)
-    return data.score(d.task, examples, features, outputs)
-
-
-def holdout_metric(model, d, batch_size, rt) -> dict | None:
-    """The metric on the --holdout examples, or None without them."""
-    return evaluate(model, d, batch_size, rt, holdout=True) if d.holdout_examples else None
-
-
-def log(rt, text):
-    if rt.rank == 0:
-        print(text, flush=True)
-
-
-def log_record(rt, path, rec, progress=None):
-    """One JSON line appended to `path` (log.jsonl); with progress = (label, first step of this
-    process, last step), training records also as a progress line with the time spent and left."""
-    if rt.rank != 0:
-        return
-    rundir.append_line(path, json.dumps(rec))
-    if progress is not None:
-        label, first, total = progress
-        width, done = 24, int(24 * rec["step"] / total)
-        left = rec["elapsed_s"] * (total - rec["step"]) / max(rec["step"] - first, 1)
-        line = (f"{label} [{'=' * done}{' ' * (width - done)}] {rec['step']}/{total} loss {rec['loss']:.4g} "
-                f"lr {rec['lr']:.2e} sparsity {rec['sparsity']:.3f} {rec['tokens_per_s']:.0f} tok/s "
-                f"{clock(rec['elapsed_s'])} elapsed, ~{clock(left)} left")
-        print(line, end="\r" if sys.stdout.isatty() and rec["step"] < total else "\n", flush=True)
-
-
-def clock(seconds: float) -> str:
-    """3725 -> '1:02:05'."""
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
-
-
-# -----------------------------------------------------------------------------
 # A run: the device, the data, the teacher, the export.
-
-def start_runtime(args) -> Runtime:
-    """The device, and the process group under torchrun (WORLD_SIZE > 1)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
-    rank, world = 0, int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
-             "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return Runtime(device, rank, world, dtype)
-
-
-def load_data(args, task, rt) -> Data:
-    """Read, tokenize and encode both splits; raises DataError / CheckpointError on bad files."""
-    tok = data.load_tokenizer(args.model_folder)
-    train_ex = data.load_split(task, "train", args.data_dir)
-    cli.check_holdout(args, len(train_ex))
-    cut = len(train_ex) - (args.holdout or 0)
-    train_ex, holdout_ex = train_ex[:cut][: args.limit_train], train_ex[cut:]
-    eval_ex = data.load_split(task, "validation", args.data_dir)[: args.limit_eval]
-    train_f = data.encode(task, train_ex, tok, args.max_length)
-    pad = data.pad_id(tok)
-    loader = data.make_loader(train_f, args.batch_size, True, args.seed, pad, rt.distributed,
-                              group_by_length=not args.no_group_by_length)
-    per_example = sum(data.feature_length(f) * (len(f["input_ids"]) if task.kind == "multiple_choice" else 1)
-                      for f in train_f) / max(len(train_f), 1)
-    return Data(task, train_f, loader, eval_ex, data.encode(task, eval_ex, tok, args.max_length), pad,
-                max(1, round(per_example * args.batch_size)), holdout_ex,
-                data.encode(task, holdout_ex, tok, args.max_length), data.fingerprint(train_ex, eval_ex, holdout_ex))
-
-
-def load_model(folder, task, seed, device, verbose=True):
-    torch.manual_seed(seed)    # a new task head starts from the same init on every rank
-    m = modeling.from_pretrained(folder, head=task.kind, num_labels=task.head_labels, verbose=verbose)
-    return m.to(device).train()
-
 
 def get_teacher(args, d, rt):
     """The dense teacher: --teacher, or this folder's OUT/teacher/model, or one fine-tuned now.
     Returns (teacher, its scores for results.json), or (None, None) if --stop-after stopped its training."""
     folder = Path(args.teacher) if args.teacher else Path(args.out_dir) / "teacher" / "model"
     if not args.teacher and not (folder / "config.json").is_file():
-        log(rt, "training the dense teacher first")
-        t = load_model(args.model_folder, d.task, args.seed, rt.device)
+        runtime.log(rt, "training the dense teacher first")
+        t = runtime.load_model(args.model_folder, d.task, args.seed, rt.device)
         total = cli.phase_steps(args.teacher_epochs, args, len(d.loader))
         sched = Schedule(total, 0.0, lr_max=args.teacher_lr, lr_min=0.0, warmup_steps=cli.warmup_steps(args, total))
         if fit("teacher", t, None, d, sched, args, rt).stopped:
@@ -487,34 +346,15 @@ def get_teacher(args, d, rt):
         if rt.distributed:
             torch.distributed.barrier()
         del t
-    teacher = load_model(folder, d.task, args.seed, rt.device).eval()
+    teacher = runtime.load_model(folder, d.task, args.seed, rt.device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     scores = {"teacher_metric": None}
     if rt.rank == 0:
-        scores = {"teacher_metric": evaluate(teacher, d, 2 * args.batch_size, rt),
-                  "teacher_holdout_metric": holdout_metric(teacher, d, 2 * args.batch_size, rt)}
-    log(rt, f"teacher {folder}: {scores['teacher_metric']}")
+        scores = {"teacher_metric": runtime.evaluate(teacher, d, 2 * args.batch_size, rt),
+                  "teacher_holdout_metric": runtime.holdout_metric(teacher, d, 2 * args.batch_size, rt)}
+    runtime.log(rt, f"teacher {folder}: {scores['teacher_metric']}")
     return teacher, scores
-
-
-def pruned_by(args) -> str:
-    """The sparsity report's first line: the criterion, what competes, the target of what."""
-    if args.sparsity == 0:
-        return "dense fine-tuning: nothing pruned"
-    group = (f"the N best of every M ({args.pattern})" if prune.parse_nm(args.pattern) else
-             {"global": "all together", "layer": "per matrix", "row": "per output row"}[args.scope]
-             + (", in groups of 4" if args.pattern == "4-block" else ""))
-    what = "the encoder" + (", the embeddings" if args.prune_embeddings else "") + (", the head" if args.prune_head else "")
-    return f"pruned by {args.method} ({group}) to {args.sparsity:g} of {what}'s prunable weights"
-
-
-def peak_memory_bytes(device) -> int:
-    """This process's peak: resident memory on a CPU, the allocator's peak on a GPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux reports KiB
 
 
 def export(student, fitted, teacher_scores, d, args, rt, start):
@@ -526,22 +366,22 @@ def export(student, fitted, teacher_scores, d, args, rt, start):
     bad = [n for n, p in student.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise NonFinite(f"the student's {bad[0]} holds NaN or inf after training; nothing was exported: lower --lr")
-    metric = evaluate(student, d, 2 * args.batch_size, rt)
+    metric = runtime.evaluate(student, d, 2 * args.batch_size, rt)
     rundir.save_model(student, args.model_folder, out, "model")
-    report = prune.sparsity_report(student, fitted.masks, pruned_by(args))
+    report = prune.sparsity_report(student, fitted.masks, runtime.pruned_by(args))
     method = prune.METHODS[args.method]
-    results = {"task": args.task, "method": args.method, "scope": args.scope, "statistic": method.reads, "metric": metric, "holdout_metric": holdout_metric(student, d, 2 * args.batch_size, rt),
+    results = {"task": args.task, "method": args.method, "scope": args.scope, "statistic": method.reads, "metric": metric, "holdout_metric": runtime.holdout_metric(student, d, 2 * args.batch_size, rt),
                **teacher_scores,
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
                "tokens_per_s": round(fitted.tokens_per_s, 1), "student_seconds": round(fitted.seconds, 1),
                "wall_time_s": round(time.time() - start, 1),
                "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "world_size": rt.world,
-               "peak_memory_gb": round(peak_memory_bytes(rt.device) / 1e9, 3),
+               "peak_memory_gb": round(runtime.peak_memory_bytes(rt.device) / 1e9, 3),
                "masks_equal_across_ranks": same_masks, "args": vars(args)}
     freed = rundir.write_results(out, results, report, args.keep_checkpoints)
-    log(rt, f"{args.task}: {metric}; encoder sparsity {results['sparsity']['encoder']:.4f}; exported to {out / 'model'}")
+    runtime.log(rt, f"{args.task}: {metric}; encoder sparsity {results['sparsity']['encoder']:.4f}; exported to {out / 'model'}")
     if freed:
-        log(rt, f"deleted the checkpoints ({freed / 1e6:.0f} MB); pass --keep-checkpoints to keep them")
+        runtime.log(rt, f"deleted the checkpoints ({freed / 1e6:.0f} MB); pass --keep-checkpoints to keep them")
 
 
 # -----------------------------------------------------------------------------
@@ -556,9 +396,9 @@ def main(argv=None):
         fail("interrupted while checking the inputs; nothing was written.", code=130)
     if args.resume and (Path(args.out_dir) / "results.json").is_file():
         return rundir.already_finished(args)
-    rt, lock = start_runtime(args), None
+    rt, lock = runtime.start_runtime(args), None
     try:   # the data read and encoded, the schedule checked, the folder locked: only then is anything written
-        d = load_data(args, data.TASKS[args.task], rt)
+        d = runtime.load_data(args, data.TASKS[args.task], rt)
         sched = None if args.oneshot else cli.student_schedule(args, len(d.loader))
         if not args.oneshot and rt.rank == 0:
             cli.warn_if_long(args, cli.run_steps(args, len(d.loader), sched), d.tokens_per_batch * args.grad_accum,
@@ -590,7 +430,7 @@ def prune_while_training(args, d, sched, rt):
         if teacher is None:                          # --stop-after, while training the teacher
             return
     # b) the student, pruned gradually while it learns (from the teacher)
-    student = load_model(args.model_folder, d.task, args.seed, rt.device)
+    student = runtime.load_model(args.model_folder, d.task, args.seed, rt.device)
     fitted = fit("student", student, teacher, d, sched, args, rt)
     # c) evaluate and export
     if not fitted.stopped:
@@ -610,10 +450,10 @@ def oneshot(args, d, rt):
     weights, so the statistic is gathered once, from the dense model, for all of them."""
     out = Path(args.out_dir)
     method = prune.METHODS[args.method]
-    dense = load_model(args.model_folder, d.task, args.seed, rt.device).eval()
-    metric = evaluate(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
+    dense = runtime.load_model(args.model_folder, d.task, args.seed, rt.device).eval()
+    metric = runtime.evaluate(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
     rows = [{"sparsity": 0.0, "encoder_sparsity": prune.sparsity_by_component(dense)["encoder"], "metric": metric,
-             "holdout_metric": holdout_metric(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None,
+             "holdout_metric": runtime.holdout_metric(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None,
              "seconds": 0.0}]
     stats, stats_seconds = None, 0.0
     if prune.gathered(method) and args.recomputations == 1:
@@ -623,7 +463,7 @@ def oneshot(args, d, rt):
         names = prune.prunable_names(dense, args.prune_embeddings, args.prune_head)
         stats = gather_statistic(method, dense, names, {}, d, args, rt, tensor_owners(params, names, rt), 1)
         stats_seconds = round(time.time() - t0, 1)
-        log(rt, f"one-shot: {prune.STATISTICS[method.reads].label} of the dense model ({stats_seconds:.0f} s)")
+        runtime.log(rt, f"one-shot: {prune.STATISTICS[method.reads].label} of the dense model ({stats_seconds:.0f} s)")
     for s in args.oneshot:
         model, masks, t0 = copy.deepcopy(dense), {}, time.time()
         for i in range(1, args.recomputations + 1):
@@ -631,9 +471,9 @@ def oneshot(args, d, rt):
         seconds = time.time() - t0
         if rt.rank == 0:
             rows.append({"sparsity": s, "encoder_sparsity": prune.sparsity_by_component(model)["encoder"],
-                         "metric": evaluate(model, d, 2 * args.batch_size, rt),
-                         "holdout_metric": holdout_metric(model, d, 2 * args.batch_size, rt), "seconds": round(seconds, 1)})
-            log(rt, f"one-shot {s:g}: {rows[-1]['metric']} ({seconds:.0f} s)")
+                         "metric": runtime.evaluate(model, d, 2 * args.batch_size, rt),
+                         "holdout_metric": runtime.holdout_metric(model, d, 2 * args.batch_size, rt), "seconds": round(seconds, 1)})
+            runtime.log(rt, f"one-shot {s:g}: {rows[-1]['metric']} ({seconds:.0f} s)")
             if args.export:
                 rundir.save_model(model, args.model_folder, out, f"oneshot-{s:g}", fix=ONESHOT_FIX)
         del model

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import cram
 import data
 import prune
+import runtime
 import train
 
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -17,7 +18,7 @@ FIX = Path(__file__).resolve().parent / "fixtures"
 def test_cram_step_with_sgd_equals_the_written_rule(tiny_bert_with_vocab):
     """w <- w - eta [ grad L(C_k(w + rho grad L(w))) * M_k + grad L(w) ], by hand, on a tiny model."""
     task = data.TASKS["csqa"]
-    model = train.load_model(tiny_bert_with_vocab, task, 0, "cpu").eval()    # no dropout: a deterministic L
+    model = runtime.load_model(tiny_bert_with_vocab, task, 0, "cpu").eval()    # no dropout: a deterministic L
     tok = data.load_tokenizer(tiny_bert_with_vocab)
     feats = data.encode(task, data.load_split(task, "train", FIX), tok, 64)
     batch = data.collate(feats[:2], data.pad_id(tok))

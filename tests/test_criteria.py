@@ -15,6 +15,7 @@ import criteria as C
 import data
 import model as modeling
 import prune as P
+import runtime
 import train
 from test_train import ROOT, args_for
 
@@ -262,7 +263,7 @@ def test_a_criterion_of_an_existing_kind_is_one_function_and_one_entry(tmp_path,
                             *(["--calibration-size", "2"] if name == "inputs" else [])))
         w = encoder(load_file(str(tmp_path / name / "model" / "model.safetensors")))
         assert sum(int((v == 0).sum()) for v in w.values()) == round(0.5 * sum(v.numel() for v in w.values()))
-    assert seen and all(s == sorted(P.prunable_names(train.load_model(tiny_bert_with_vocab, data.TASKS["csqa"], 0,
+    assert seen and all(s == sorted(P.prunable_names(runtime.load_model(tiny_bert_with_vocab, data.TASKS["csqa"], 0,
                                                                       "cpu"))) for s in seen)
     w = encoder(load_file(str(tmp_path / "inputs" / "model" / "model.safetensors")))
     query = w["bert.encoder.layer.0.attention.self.query.weight"]
@@ -364,9 +365,9 @@ def test_train_py_measures_exactly_the_calibration_examples_without_padding(tmp_
     args = cli.resolve(cli.parse_args(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--data-dir", str(FIX),
                                        "--method", "wanda", "--calibration-size", "3", "--batch-size", "1",
                                        "--out-dir", str(tmp_path / "o")]))
-    rt = train.Runtime(torch.device("cpu"))
-    d = train.load_data(args, data.TASKS["csqa"], rt)
-    model = train.load_model(tiny_bert_with_vocab, d.task, 0, "cpu")
+    rt = runtime.Runtime(torch.device("cpu"))
+    d = runtime.load_data(args, data.TASKS["csqa"], rt)
+    model = runtime.load_model(tiny_bert_with_vocab, d.task, 0, "cpu")
     seen = []
     model.layers[0].query.register_forward_hook(lambda m, x, y: seen.append(x[0].shape))
     norms = train.gather_statistic(P.METHODS["wanda"], model, ["layers.0.query.weight"], {}, d, args, rt, None, 5)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = ("model", "data", "prune", "obert", "criteria", "schedule", "distill", "cram", "sparse")
-RUN = ("train", "cli", "rundir")           # the loop and the two files around it
+RUN = ("train", "cli", "rundir", "runtime")   # the loop and the three files around it
 TOOLS = ("bench",)                         # measures everything: may import anything but the loop's files
 
 

@@ -323,13 +323,14 @@ def test_shard_by_size_balances_and_is_deterministic():
 def test_train_samples_fisher_gradients_in_eval_mode_masked_with_their_batch_size(tiny_bert_with_vocab):
     import argparse
     import data
+    import runtime
     import train
     task = data.TASKS["csqa"]
-    model = train.load_model(tiny_bert_with_vocab, task, 0, "cpu")
+    model = runtime.load_model(tiny_bert_with_vocab, task, 0, "cpu")
     tok = data.load_tokenizer(tiny_bert_with_vocab)
     from pathlib import Path
     feats = data.encode(task, data.load_split(task, "train", Path(__file__).parent / "fixtures"), tok, 64)
-    d = train.Data(task, feats, None, [], [], data.pad_id(tok), 64)
+    d = runtime.Data(task, feats, None, [], [], data.pad_id(tok), 64)
     names = P.prunable_names(model)
     params = dict(model.named_parameters())
     masks = P.magnitude_masks({n: params[n] for n in names}, 0.5)
@@ -337,7 +338,7 @@ def test_train_samples_fisher_gradients_in_eval_mode_masked_with_their_batch_siz
     model.register_forward_pre_hook(lambda mod, inputs: seen.append((mod.training, inputs[0].shape[0])))
     args = argparse.Namespace(block_size=8, num_grads=3, damp=1e-3, fisher_batch_size=2, seed=0, batch_size=1,
                               calibration_size=None)
-    finvs = train.gather_statistic(P.METHODS["obert"], model, names, masks, d, args, train.Runtime(torch.device("cpu")),
+    finvs = train.gather_statistic(P.METHODS["obert"], model, names, masks, d, args, runtime.Runtime(torch.device("cpu")),
                                    None, 0)
     assert seen == [(False, 2), (False, 1), (False, 2)] and model.training   # dropout off, batches of 2 (of 3
                                                                                # examples), train mode restored

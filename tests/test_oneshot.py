@@ -11,6 +11,7 @@ import data
 import model as modeling
 import obert
 import prune
+import runtime
 import train
 
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -66,9 +67,9 @@ def test_oneshot_with_one_recomputation_equals_a_plain_prune_step(fine_tuned, tm
     train.main(oneshot_args(fine_tuned, tmp_path, "--oneshot", "0.6", "--method", "obert", "--export"))
     args = cli.resolve(cli.parse_args(oneshot_args(fine_tuned, tmp_path / "x", "--oneshot", "0.6", "--method",
                                                         "obert")))
-    rt = train.Runtime(torch.device("cpu"))
-    d = train.load_data(args, data.TASKS["csqa"], rt)
-    model = train.load_model(fine_tuned, d.task, 42, "cpu").eval()
+    rt = runtime.Runtime(torch.device("cpu"))
+    d = runtime.load_data(args, data.TASKS["csqa"], rt)
+    model = runtime.load_model(fine_tuned, d.task, 42, "cpu").eval()
     params = dict(model.named_parameters())
     names = prune.prunable_names(model)
     finvs = train.gather_statistic(prune.METHODS["obert"], model, names, {}, d, args, rt, None, step=1)

@@ -10,6 +10,7 @@ import torch
 
 import cli
 import prune
+import runtime
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,14 +238,14 @@ def test_offline_main_command_fails_in_seconds_with_one_sentence(tmp_path):
 def test_the_teacher_distils_in_eval_mode(tmp_path, tiny_bert_with_vocab, monkeypatch):
     """Dropout off in the teacher for every soft target (evaluating it first must not switch it back)."""
     teachers, modes = [], []
-    get_teacher, forward = train.get_teacher, train.forward
+    get_teacher, forward = train.get_teacher, runtime.forward
     monkeypatch.setattr(train, "get_teacher", lambda *a: (lambda t: teachers.append(t[0]) or t)(get_teacher(*a)))
 
     def watching(net, batch):
         if teachers and net is teachers[0]:
             modes.append(net.training)
         return forward(net, batch)
-    monkeypatch.setattr(train, "forward", watching)
+    monkeypatch.setattr(runtime, "forward", watching)
     train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.8", "--epochs", "2"))
     assert len(modes) >= 6 and not any(modes)          # 6 student steps, each with the teacher's soft targets
 
@@ -254,11 +255,11 @@ def test_evaluate_leaves_the_model_in_its_mode(tiny_bert_with_vocab):
     task = data.TASKS["csqa"]
     tok = data.load_tokenizer(tiny_bert_with_vocab)
     ex = data.load_split(task, "validation", FIX)
-    d = train.Data(task, [], None, ex, data.encode(task, ex, tok, 64), data.pad_id(tok), 64)
-    m = train.load_model(tiny_bert_with_vocab, task, 0, "cpu")
+    d = runtime.Data(task, [], None, ex, data.encode(task, ex, tok, 64), data.pad_id(tok), 64)
+    m = runtime.load_model(tiny_bert_with_vocab, task, 0, "cpu")
     for mode in (False, True):
         m.train(mode)
-        train.evaluate(m, d, 2, train.Runtime(torch.device("cpu")))
+        runtime.evaluate(m, d, 2, runtime.Runtime(torch.device("cpu")))
         assert m.training == mode
 
 
@@ -292,8 +293,8 @@ def test_holdout_is_scored_and_never_trained_on(tmp_path, tiny_bert_with_vocab, 
     """--holdout N: the training file's last N examples are left out of training and scored beside dev."""
     import data
     seen = []
-    load_data = train.load_data
-    monkeypatch.setattr(train, "load_data", lambda *a: (lambda d: seen.append(d) or d)(load_data(*a)))
+    load_data = runtime.load_data
+    monkeypatch.setattr(runtime, "load_data", lambda *a: (lambda d: seen.append(d) or d)(load_data(*a)))
     train.main(args_for(tiny_bert_with_vocab, tmp_path, "--sparsity", "0.5", "--holdout", "2", "--epochs", "30"))
     every = data.load_split(data.TASKS["csqa"], "train", FIX)
     d = seen[0]

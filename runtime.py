@@ -1,0 +1,194 @@
+"""
+A run's world: where it computes, on what data, with which models, and what it tells the user.
+
+train.py's loop (the recipe's phases) runs on what this file sets up and reports through it:
+
+  Runtime, start_runtime   the device, the rank among torchrun's processes, the autocast dtype
+  Data, load_data          the task's examples, tokenized and encoded once; the shuffled, length-grouped
+                           loader of the training set; dev and the --holdout examples
+  load_model               a model with the task's head, its new weights seeded as every rank seeds them
+  forward, task_loss       what a batch means for the task: the model's output, and the loss on its labels
+  evaluate                 the task's metric on dev (or the held-out examples), dropout off
+  log, log_record          the progress line and log.jsonl; pruned_by, the sparsity report's title
+
+Like train.py, cli.py and rundir.py, this is part of the loop's code: no concept file imports it.
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import cli
+import data
+import model as modeling
+import prune
+import rundir
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process computes: its device, its rank among `world` processes, the autocast dtype."""
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+@dataclass(frozen=True)
+class Data:
+    """The task's encoded data: training features (and their shuffled, padded loader) and the dev set."""
+    task: data.Task
+    train: list                    # features
+    loader: torch.utils.data.DataLoader
+    eval_examples: list
+    eval_features: list
+    pad_id: int
+    tokens_per_batch: int          # batch size x mean real length: sparse.route times the kernels on this many
+    holdout_examples: list = ()    # --holdout: the training file's last N examples, never trained on
+    holdout_features: list = ()
+    fingerprint: str = ""          # of the examples of every split (data.fingerprint): run.json records it
+
+
+# -----------------------------------------------------------------------------
+# A batch, for the task.
+
+def forward(net, batch):
+    return net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+
+
+def task_loss(task, out, batch):
+    if task.kind == "question_answering":   # mean of the start and end cross-entropies
+        return (F.cross_entropy(out[0].float(), batch["start_positions"]) +
+                F.cross_entropy(out[1].float(), batch["end_positions"])) / 2
+    return F.cross_entropy(out.float(), batch["labels"])
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# -----------------------------------------------------------------------------
+# The device, the data, the models.
+
+def start_runtime(args) -> Runtime:
+    """The device, and the process group under torchrun (WORLD_SIZE > 1)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    rank, world = 0, int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
+             "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    return Runtime(device, rank, world, dtype)
+
+
+def load_data(args, task, rt) -> Data:
+    """Read, tokenize and encode both splits; raises DataError / CheckpointError on bad files."""
+    tok = data.load_tokenizer(args.model_folder)
+    train_ex = data.load_split(task, "train", args.data_dir)
+    cli.check_holdout(args, len(train_ex))
+    cut = len(train_ex) - (args.holdout or 0)
+    train_ex, holdout_ex = train_ex[:cut][: args.limit_train], train_ex[cut:]
+    eval_ex = data.load_split(task, "validation", args.data_dir)[: args.limit_eval]
+    train_f = data.encode(task, train_ex, tok, args.max_length)
+    pad = data.pad_id(tok)
+    loader = data.make_loader(train_f, args.batch_size, True, args.seed, pad, rt.distributed,
+                              group_by_length=not args.no_group_by_length)
+    per_example = sum(data.feature_length(f) * (len(f["input_ids"]) if task.kind == "multiple_choice" else 1)
+                      for f in train_f) / max(len(train_f), 1)
+    return Data(task, train_f, loader, eval_ex, data.encode(task, eval_ex, tok, args.max_length), pad,
+                max(1, round(per_example * args.batch_size)), holdout_ex,
+                data.encode(task, holdout_ex, tok, args.max_length), data.fingerprint(train_ex, eval_ex, holdout_ex))
+
+
+def load_model(folder, task, seed, device, verbose=True):
+    torch.manual_seed(seed)    # a new task head starts from the same init on every rank
+    m = modeling.from_pretrained(folder, head=task.kind, num_labels=task.head_labels, verbose=verbose)
+    return m.to(device).train()
+
+
+# -----------------------------------------------------------------------------
+# Evaluation and logs.
+
+@torch.no_grad()
+def evaluate(model, d, batch_size, rt, holdout=False):
+    """The task's metric on the dev set (or on the --holdout examples), dropout off; the model is left
+    in the mode it came in (the teacher stays in eval mode: distilling from a dropout-noisy teacher
+    would be a bug)."""
+    examples, features = (d.holdout_examples, d.holdout_features) if holdout else (d.eval_examples, d.eval_features)
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for batch in data.make_loader(features, batch_size, False, 0, d.pad_id):
+        with rt.autocast():
+            out = forward(model, to_device(batch, rt.device))
+        if d.task.kind == "question_answering":
+            outputs += list(zip(out[0].float().cpu().tolist(), out[1].float().cpu().tolist()))
+        else:
+            outputs += out.float().cpu().tolist()
+    model.train(was_training)
+    return data.score(d.task, examples, features, outputs)
+
+
+def holdout_metric(model, d, batch_size, rt) -> dict | None:
+    """The metric on the --holdout examples, or None without them."""
+    return evaluate(model, d, batch_size, rt, holdout=True) if d.holdout_examples else None
+
+
+def log(rt, text):
+    if rt.rank == 0:
+        print(text, flush=True)
+
+
+def log_record(rt, path, rec, progress=None):
+    """One JSON line appended to `path` (log.jsonl); with progress = (label, first step of this
+    process, last step), training records also as a progress line with the time spent and left."""
+    if rt.rank != 0:
+        return
+    rundir.append_line(path, json.dumps(rec))
+    if progress is not None:
+        label, first, total = progress
+        width, done = 24, int(24 * rec["step"] / total)
+        left = rec["elapsed_s"] * (total - rec["step"]) / max(rec["step"] - first, 1)
+        line = (f"{label} [{'=' * done}{' ' * (width - done)}] {rec['step']}/{total} loss {rec['loss']:.4g} "
+                f"lr {rec['lr']:.2e} sparsity {rec['sparsity']:.3f} {rec['tokens_per_s']:.0f} tok/s "
+                f"{clock(rec['elapsed_s'])} elapsed, ~{clock(left)} left")
+        print(line, end="\r" if sys.stdout.isatty() and rec["step"] < total else "\n", flush=True)
+
+
+def clock(seconds: float) -> str:
+    """3725 -> '1:02:05'."""
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def pruned_by(args) -> str:
+    """The sparsity report's first line: the criterion, what competes, the target of what."""
+    if args.sparsity == 0:
+        return "dense fine-tuning: nothing pruned"
+    group = (f"the N best of every M ({args.pattern})" if prune.parse_nm(args.pattern) else
+             {"global": "all together", "layer": "per matrix", "row": "per output row"}[args.scope]
+             + (", in groups of 4" if args.pattern == "4-block" else ""))
+    what = "the encoder" + (", the embeddings" if args.prune_embeddings else "") + (", the head" if args.prune_head else "")
+    return f"pruned by {args.method} ({group}) to {args.sparsity:g} of {what}'s prunable weights"
+
+
+def peak_memory_bytes(device) -> int:
+    """This process's peak: resident memory on a CPU, the allocator's peak on a GPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux reports KiB
