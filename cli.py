@@ -51,6 +51,9 @@ def sparsity_list(text) -> tuple:
         raise argparse.ArgumentTypeError(f"expected sparsities like 0.5,0.7,0.9, not {text!r}") from None
     if not all(0 < v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"each sparsity must be in (0, 1), got {text!r}")
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} lists {twice:g} twice; pass each sparsity once")
     return values
 
 
@@ -229,6 +232,8 @@ def resolve(args):
             check_max_length(args.max_length, task, modeling.load_config(modeling.resolve_folder(args.teacher)),
                              f"--teacher {args.teacher}")
         check_groups(args, student)
+        check_keeps_some(args, student)
+        args.notes = notes_on(args, student)
         if _reads(args, "fisher"):
             check_fisher_memory(args, student)
         if args.resume:
@@ -401,6 +406,9 @@ def check_combinations(args):
     """Flags that cannot go together, or that need something this machine lacks."""
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --out-dir and --overwrite replaces it; pass one of them.")
+    if not args.oneshot and args.lr_min > args.lr:
+        raise UsageError(f"--lr-min {args.lr_min:g} is above --lr {args.lr:g}, so every cycle would climb to its end "
+                         f"instead of decaying; pass a floor at most --lr (the recipe's: --lr / 10).")
     if args.kd and args.hardness == 0:
         raise UsageError("--hardness 0 gives the KD loss no weight, so the teacher would run for nothing; pass --no-kd "
                          "for the task loss alone, or a hardness above 0.")
@@ -455,6 +463,54 @@ def check_groups(args, model):
         if width % group:
             raise UsageError(f"--pattern {args.pattern} prunes groups of {group} weights along each row, but {name}'s "
                              f"rows hold {width}, not a multiple of {group}; pass a pattern whose group divides {width}.")
+
+
+def check_keeps_some(args, model):
+    """A sparsity so close to 1 that round(s · n) is every weight (where 1.0 itself is refused): the
+    weights that compete together (all the prunable ones, globally; else each matrix) must keep one."""
+    names = prune.prunable_names(model, args.prune_embeddings, args.prune_head)
+    sizes = {n: model.get_parameter(n).numel() for n in names}
+    groups = {"the prunable weights'": sum(sizes.values())} if args.scope == "global" else {f"{n}'s": k for n, k in
+                                                                                             sizes.items()}
+    flag = "--oneshot" if args.oneshot else "--sparsity"
+    for s in (args.oneshot or ([args.sparsity] if args.sparsity > 0 else [])):
+        for whose, n in groups.items():
+            if round(s * n) >= n:
+                raise UsageError(f"{flag} {s} prunes every one of {whose} {n} weights (round(s · n) = n); pass at "
+                                 f"most {1 - 1 / n:.6g}.")
+
+
+def notes_on(args, model) -> list[str]:
+    """What a user should know before the run about the model they passed (train.py prints each line;
+    the run goes on): an encoder already pruned further than this run's target, whose zeros are not
+    masks here; and weights stored in half precision, which the run trains and exports in float32."""
+    notes = []
+    names = prune.prunable_names(model)
+    zeros = sum(int((model.get_parameter(n) == 0).sum()) for n in names) / sum(model.get_parameter(n).numel()
+                                                                              for n in names)
+    lowest = min(args.oneshot) if args.oneshot else args.sparsity
+    if zeros > 0.05 and lowest < zeros:
+        notes.append(f"--model {args.model} is already {zeros:.1%} sparse in its encoder, above "
+                     + (f"--oneshot {lowest:g}: pruning to that prunes nothing more" if args.oneshot else
+                        f"--sparsity {args.sparsity:g}: its zeros are not masks here, so training moves them and "
+                        f"only the run's own target is kept at 0"))
+    stored = stored_dtype(Path(args.model_folder))
+    if stored in ("float16", "bfloat16"):
+        notes.append(f"--model {args.model} is stored in {stored}; this run trains and exports in float32, a file "
+                     f"twice its size (transformers' .half() makes a float16 copy of the export)")
+    return notes
+
+
+def stored_dtype(folder: Path) -> str | None:
+    """The dtype the weights are stored in: model.safetensors' header (its first tensor's), else config.json's
+    torch_dtype; None where neither says."""
+    try:
+        from safetensors import safe_open
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            first = next(iter(f.keys()))
+            return {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}.get(f.get_slice(first).get_dtype())
+    except Exception:                           # no safetensors file (pytorch_model.bin), or an empty one
+        return str(modeling.load_config(folder).extra.get("torch_dtype") or "") or None
 
 
 def check_fisher_memory(args, model):
@@ -552,8 +608,24 @@ def student_schedule(args, batches: int) -> Schedule:
         raise UsageError(f"the student's {total} optimizer steps are too few for the schedule to reach sparsity "
                          f"{args.sparsity:g} (its last pruning step is step {sched.t_end}); {fix} to give it at least "
                          f"{sched.min_steps()} steps.")
+    check_warmup(args, sched)
+    if args.kd and not args.teacher:
+        teacher = phase_steps(args.teacher_epochs, args, batches)
+        check_warmup(args, Schedule(teacher, 0.0, warmup_steps=warmup_steps(args, teacher)), "the teacher's")
     check_stop_after(args, run_steps(args, batches, sched))
     return sched
+
+
+def check_warmup(args, sched, whose="the student's"):
+    """The warm-up ramps the first cycle only (schedule.py: every pruning step re-warms the LR): a warm-up
+    longer than that cycle would leave its steps, maybe the whole phase, at a fraction of the peak."""
+    first = sched.cycles()[0][1]
+    if sched.warmup_steps > first:
+        flag = "--warmup-steps" if "warmup_steps" in args.given else "--warmup"
+        where = (f"{whose} dense phase before its first pruning step ({first} of its {sched.total_steps} steps; every "
+                 f"pruning step re-warms the LR)" if sched.target > 0 else f"{whose} {first} steps")
+        raise UsageError(f"{flag} gives a warm-up of {sched.warmup_steps} steps, longer than {where}; pass at most "
+                         f"--warmup-steps {first}.")
 
 
 def run_steps(args, batches: int, sched) -> list[int]:

@@ -303,6 +303,8 @@ HEAD_TABLE = {  # task heads live outside the base model's prefix in the referen
     "qa": "qa_outputs",
 }
 ROBERTA_CLS_TABLE = {"classifier": "classifier.out_proj", "head_dense": "classifier.dense"}
+# A checkpoint's head weights that a model of another head leaves unused (the new task's head replaces them).
+UNUSED_HEADS = ("pooler.", "classifier", "qa_outputs")
 # Keys a pretrained checkpoint may hold that we ignore on purpose: the masked-LM and
 # next-sentence heads of pre-training (not used for fine-tuning), and old position-id buffers.
 IGNORED_PREFIXES = ("cls.", "lm_head.")
@@ -428,12 +430,14 @@ def from_pretrained(name_or_path, head=None, num_labels=None, verbose=True) -> E
     prefix = cfg.model_type + "."
     has_prefix = any(k.startswith(prefix) for k in state)
     init_module(model, cfg)  # every parameter starts from the reference's init; loaded ones overwrite
-    missing = []
+    missing, used = [], set()
     with torch.no_grad():
         for ours, ref in name_table(model).items():
             bare = ref[len(prefix):] if ref.startswith(prefix) else ref
             candidates = [prefix + bare, bare] if has_prefix else [bare, prefix + bare]
-            found = next((state[c] for c in candidates if c in state), None)
+            key = next((c for c in candidates if c in state), None)
+            found = state[key] if key is not None else None
+            used.add(key)
             param = model.get_parameter(ours)
             is_head = ours.split(".")[0] in HEAD_MODULES
             if found is None:
@@ -450,9 +454,22 @@ def from_pretrained(name_or_path, head=None, num_labels=None, verbose=True) -> E
                 raise CheckpointError(f"checkpoint key {ref} in {folder} holds non-finite values (NaN or inf); "
                                       f"pass a model that trained without diverging.")
             param.copy_(found.to(param.dtype))
+    check_all_used(state, used, folder, cfg)
     if missing and verbose:
         print(f"initialised {len(missing)} weights the checkpoint lacks (new task head): {', '.join(missing)}")
     return model.eval()
+
+
+def check_all_used(state: dict, used: set, folder, cfg: Config):
+    """Every weight of the encoder and embeddings in the checkpoint has a place in the model its config
+    describes: a checkpoint of 12 layers read with a config of 6 would otherwise lose half of itself in
+    silence. Head weights (a pooler, another task's head) may go unused: a new task drops them."""
+    prefix = cfg.model_type + "."
+    extra = [k for k in state if k not in used and not k.removeprefix(prefix).startswith(UNUSED_HEADS)]
+    if extra:
+        raise CheckpointError(f"checkpoint in {folder} holds {len(extra)} weights its config.json has no place for "
+                              f"(such as {extra[0]}; the config has {cfg.num_hidden_layers} layers of width "
+                              f"{cfg.hidden_size}); pass the config.json that belongs to these weights.")
 
 
 def init_module(model: Encoder, cfg: Config):

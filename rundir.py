@@ -40,7 +40,7 @@ import torch
 # The flags that do NOT define a run: a folder's run.json must match every other argument
 # (so a new flag defines the run unless it is listed here).
 NOT_RUN_DEFINING = ("resume", "overwrite", "out_dir", "device", "compile", "log_every", "checkpoint_every",
-                    "stop_after", "keep_checkpoints", "sparse_backprop", "given")
+                    "stop_after", "keep_checkpoints", "sparse_backprop", "given", "notes")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json",
                    "special_tokens_map.json")
 # What a run of an older train.py wrote, by name: only for folders whose run.json predates the list
@@ -196,7 +196,7 @@ def interrupted(out: Path) -> str:
         if (out / phase / "checkpoint.pt").is_file():
             step = read_checkpoint(out / phase / "checkpoint.pt", mmap=True)["step"]
             return (f"interrupted; the last checkpoint is {out / phase / 'checkpoint.pt'} ({phase} step {step}): "
-                    f"continue with --resume.")
+                    f"continue with the same command and --resume.")
     return f"interrupted before the first checkpoint; start again with --overwrite (or --resume: {out} keeps the run)."
 
 

@@ -155,17 +155,21 @@ def log(rt, text):
 
 def log_record(rt, path, rec, progress=None):
     """One JSON line appended to `path` (log.jsonl); with progress = (label, first step of this
-    process, last step), training records also as a progress line with the time spent and left."""
+    process, last step, the steps of the phases after this one), training records also as a
+    progress line with the time spent and left, in this phase and in the whole run (the later
+    phases' steps at this phase's pace: a first estimate, the student's steps costing more)."""
     if rt.rank != 0:
         return
     rundir.append_line(path, json.dumps(rec))
     if progress is not None:
-        label, first, total = progress
+        label, first, total, later = progress
         width, done = 24, int(24 * rec["step"] / total)
-        left = rec["elapsed_s"] * (total - rec["step"]) / max(rec["step"] - first, 1)
+        per_step = rec["elapsed_s"] / max(rec["step"] - first, 1)
+        left = per_step * (total - rec["step"])
         line = (f"{label} [{'=' * done}{' ' * (width - done)}] {rec['step']}/{total} loss {rec['loss']:.4g} "
                 f"lr {rec['lr']:.2e} sparsity {rec['sparsity']:.3f} {rec['tokens_per_s']:.0f} tok/s "
-                f"{clock(rec['elapsed_s'])} elapsed, ~{clock(left)} left")
+                f"{clock(rec['elapsed_s'])} elapsed, ~{clock(left)} left"
+                + (f" (the run: ~{clock(left + per_step * later)})" if later else ""))
         print(line, end="\r" if sys.stdout.isatty() and rec["step"] < total else "\n", flush=True)
 
 
@@ -173,6 +177,30 @@ def clock(seconds: float) -> str:
     """3725 -> '1:02:05'."""
     m, s = divmod(int(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def what_it_tells(d: Data, metrics: dict) -> list[str]:
+    """One line for each number a run prints that cannot mean what it seems: a dev set so small that
+    an accuracy's standard error is over 5 points (fewer than 100 examples), and a model ({what:
+    metric}) that ended at chance, no better than always answering the most frequent label (within two
+    standard errors of it). Tasks scored by accuracy only (not SQuAD)."""
+    n = len(d.eval_features)
+    labels = [f["label"] for f in d.eval_features if "label" in f]
+    if not labels or n == 0:
+        return []
+    notes = []
+    if 50 / n ** 0.5 > 5:                                  # the standard error at 50%: sqrt(0.25 / n)
+        notes.append(f"{n} dev examples give an accuracy a standard error of up to {50 / n ** 0.5:.1f} points: too few "
+                     f"to tell runs apart (evaluate on more: drop --limit-eval, or add --holdout)")
+    chance = 100 * max(labels.count(y) for y in set(labels)) / len(labels)
+    se = 100 * (chance / 100 * (1 - chance / 100) / n) ** 0.5
+    for what, metric in metrics.items():
+        accuracy = (metric or {}).get("accuracy")
+        if accuracy is not None and accuracy <= chance + 2 * se:
+            notes.append(f"{what} ended at chance ({accuracy:.2f}%; always answering the most frequent label scores "
+                         f"{chance:.2f}%): its numbers say nothing about pruning" + (
+                             "; give the teacher more data or epochs" if "teacher" in what else ""))
+    return notes
 
 
 def pruned_by(args) -> str:

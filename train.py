@@ -37,6 +37,7 @@ import copy
 import itertools
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -155,11 +156,13 @@ class Fitted:
     seconds: float = 0.0           # wall time of this phase (in this process, if resumed)
 
 
-def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
+def fit(phase, model, teacher, d, sched, args, rt, later=0) -> Fitted:
     """Train `model` for sched.total_steps optimizer steps (from its checkpoint with --resume),
     pruning it at the schedule's pruning steps: the dense teacher (target 0, AdamW or CrAM) or the
-    pruned student. Returns its masks, its real tokens per second and wall time (of this process),
-    and whether --stop-after ended it early."""
+    pruned student. Returns its masks, its real tokens per second (training's: the time spent
+    pruning, evaluating and saving left out) and wall time (of this process), and whether
+    --stop-after ended it early. later: the steps of the phases after this one, for the progress
+    line's estimate of the whole run."""
     out = Path(args.out_dir) / phase
     if rt.rank == 0:
         rundir.claim(out.parent, f"{phase}/", f"{phase}/log.jsonl", f"{phase}/checkpoint.pt")
@@ -176,14 +179,16 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
     pruning_steps, cycle_ends = set(sched.pruning_steps()), {b for _, b in sched.cycles()[:-1]}
     use_cram = args.optimizer == "cram" and sched.target == 0      # CrAM trains dense models only
     log_file = out / "log.jsonl"
-    t0, tokens, saved, first = time.time(), 0, step if step else None, step
-    tokens_per_s = lambda: tokens * rt.world / max(time.time() - t0, 1e-9)
+    t0, tokens, saved, first, paused = time.time(), 0, step if step else None, step, 0.0
+    tokens_per_s = lambda: tokens * rt.world / max(time.time() - t0 - paused, 1e-9)
     model.train()
     for batches in optimizer_batches(d.loader, args.grad_accum, step, sched.total_steps):
         # 1. prune, at the schedule's pruning steps that ask for more than is in force: new masks,
         #    containing the old ones
         if step in pruning_steps and sched.sparsity_at(step) > sched.sparsity_at(step - 1):
+            t = time.time()
             masks = pruning_event(step, sched.sparsity_at(step), model, masks, opt, d, args, rt, running=running)
+            paused += time.time() - t
         # 2. forward and backward over grad_accum micro-batches (distilled from the teacher, if any;
         #    with CrAM, again at a compressed perturbation of the weights)
         if use_cram:
@@ -207,15 +212,18 @@ def fit(phase, model, teacher, d, sched, args, rt) -> Fitted:
             runtime.log_record(rt, log_file, {"phase": phase, "step": done, "loss": loss, "lr": lr,
                                       "sparsity": round(sched.sparsity_at(step), 4),
                                       "tokens_per_s": round(tokens_per_s(), 1), "elapsed_s": round(time.time() - t0, 1)},
-                       (label, first, sched.total_steps))
+                       (label, first, sched.total_steps, later))
+        t = time.time()
         if done in cycle_ends and rt.rank == 0:
             metric = runtime.evaluate(model, d, 2 * args.batch_size, rt)
-            runtime.log(rt, f"{label}: step {done} (end of a pruning cycle) eval {metric}")
+            what = "end of the dense phase" if sched.sparsity_at(step) == 0 else "end of a pruning cycle"
+            runtime.log(rt, f"{label}: step {done} ({what}) eval {metric}")
             runtime.log_record(rt, log_file, {"phase": phase, "step": done, "sparsity": round(sched.sparsity_at(step), 4),
                                       "eval": metric})
         if done % args.checkpoint_every == 0 or done in (sched.total_steps, args.stop_after):
             rundir.save_checkpoint(out / "checkpoint.pt", model, opt, masks, done, args, rt, running)
             saved = done
+        paused += time.time() - t
         if done == args.stop_after:
             runtime.log(rt, f"{label}: stopped after step {done} (--stop-after); continue with --resume")
             return Fitted(masks, tokens_per_s(), True, time.time() - t0)
@@ -330,16 +338,17 @@ def tensor_owners(params, names, rt) -> dict | None:
 # -----------------------------------------------------------------------------
 # A run: the device, the data, the teacher, the export.
 
-def get_teacher(args, d, rt):
-    """The dense teacher: --teacher, or this folder's OUT/teacher/model, or one fine-tuned now.
-    Returns (teacher, its scores for results.json), or (None, None) if --stop-after stopped its training."""
+def get_teacher(args, d, rt, later=0):
+    """The dense teacher: --teacher, or this folder's OUT/teacher/model, or one fine-tuned now (before
+    the student's `later` steps). Returns (teacher, its scores for results.json), or (None, None) if
+    --stop-after stopped its training."""
     folder = Path(args.teacher) if args.teacher else Path(args.out_dir) / "teacher" / "model"
     if not args.teacher and not (folder / "config.json").is_file():
         runtime.log(rt, "training the dense teacher first")
         t = runtime.load_model(args.model_folder, d.task, args.seed, rt.device)
         total = cli.phase_steps(args.teacher_epochs, args, len(d.loader))
         sched = Schedule(total, 0.0, lr_max=args.teacher_lr, lr_min=0.0, warmup_steps=cli.warmup_steps(args, total))
-        if fit("teacher", t, None, d, sched, args, rt).stopped:
+        if fit("teacher", t, None, d, sched, args, rt, later).stopped:
             return None, None
         if rt.rank == 0:
             rundir.save_model(t, args.model_folder, Path(args.out_dir), "teacher/model")
@@ -351,6 +360,8 @@ def get_teacher(args, d, rt):
         p.requires_grad_(False)
     scores = {"teacher_metric": None}
     if rt.rank == 0:
+        runtime.log(rt, f"evaluating the teacher on {len(d.eval_features)} dev examples"
+                        + (f" and {len(d.holdout_features)} held-out" if d.holdout_features else ""))
         scores = {"teacher_metric": runtime.evaluate(teacher, d, 2 * args.batch_size, rt),
                   "teacher_holdout_metric": runtime.holdout_metric(teacher, d, 2 * args.batch_size, rt)}
     runtime.log(rt, f"teacher {folder}: {scores['teacher_metric']}")
@@ -366,39 +377,59 @@ def export(student, fitted, teacher_scores, d, args, rt, start):
     bad = [n for n, p in student.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise NonFinite(f"the student's {bad[0]} holds NaN or inf after training; nothing was exported: lower --lr")
+    runtime.log(rt, "evaluating the student and exporting it")
     metric = runtime.evaluate(student, d, 2 * args.batch_size, rt)
     rundir.save_model(student, args.model_folder, out, "model")
     report = prune.sparsity_report(student, fitted.masks, runtime.pruned_by(args))
     method = prune.METHODS[args.method]
-    results = {"task": args.task, "method": args.method, "scope": args.scope, "statistic": method.reads, "metric": metric, "holdout_metric": runtime.holdout_metric(student, d, 2 * args.batch_size, rt),
+    notes = runtime.what_it_tells(d, {"the teacher": teacher_scores.get("teacher_metric"), "the student": metric})
+    results = {"task": args.task, "method": args.method, "scope": args.scope, "statistic": method.reads, "metric": metric,
+               "holdout_metric": runtime.holdout_metric(student, d, 2 * args.batch_size, rt),
                **teacher_scores,
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
                "tokens_per_s": round(fitted.tokens_per_s, 1), "student_seconds": round(fitted.seconds, 1),
                "wall_time_s": round(time.time() - start, 1),
                "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""), "world_size": rt.world,
                "peak_memory_gb": round(runtime.peak_memory_bytes(rt.device) / 1e9, 3),
-               "masks_equal_across_ranks": same_masks, "args": vars(args)}
+               "masks_equal_across_ranks": same_masks, "notes": notes, "args": vars(args)}
     freed = rundir.write_results(out, results, report, args.keep_checkpoints)
     runtime.log(rt, f"{args.task}: {metric}; encoder sparsity {results['sparsity']['encoder']:.4f}; exported to {out / 'model'}")
     if freed:
         runtime.log(rt, f"deleted the checkpoints ({freed / 1e6:.0f} MB); pass --keep-checkpoints to keep them")
+    for note in notes:
+        runtime.log(rt, f"note: {note}")
 
 
 # -----------------------------------------------------------------------------
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, what a scheduler sends before it kills a job: the run stops as at Ctrl-C, saying where."""
+
+
+def terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
+    signal.signal(signal.SIGTERM, terminated)
     args = cli.parse_args(argv)
     try:
         args = cli.resolve(args)
     except UsageError as e:
         fail(e)
-    except KeyboardInterrupt:
-        fail("interrupted while checking the inputs; nothing was written.", code=130)
+    except KeyboardInterrupt as e:
+        fail("interrupted while checking the inputs; nothing was written.", code=exit_code(e))
     if args.resume and (Path(args.out_dir) / "results.json").is_file():
         return rundir.already_finished(args)
     rt, lock = runtime.start_runtime(args), None
+    for note in args.notes:
+        runtime.log(rt, f"note: {note}")
     try:   # the data read and encoded, the schedule checked, the folder locked: only then is anything written
+        runtime.log(rt, f"reading and tokenizing {args.task}")
         d = runtime.load_data(args, data.TASKS[args.task], rt)
+        runtime.log(rt, f"{args.task}: {len(d.train)} training examples ({len(d.loader) // args.grad_accum} optimizer "
+                        f"steps an epoch), {len(d.eval_features)} dev" + (f", {len(d.holdout_features)} held-out"
+                                                                          if d.holdout_features else ""))
         sched = None if args.oneshot else cli.student_schedule(args, len(d.loader))
         if not args.oneshot and rt.rank == 0:
             cli.warn_if_long(args, cli.run_steps(args, len(d.loader), sched), d.tokens_per_batch * args.grad_accum,
@@ -406,15 +437,15 @@ def main(argv=None):
         lock = rundir.prepare_out_dir(args, rt, rundir.fingerprints(args, d.fingerprint))
     except (UsageError, data.DataError, modeling.CheckpointError) as e:
         fail(e, rt)
-    except KeyboardInterrupt:
-        fail("interrupted before training began; run the same command again.", rt, code=130)
+    except KeyboardInterrupt as e:
+        fail("interrupted before training began; run the same command again.", rt, code=exit_code(e))
     try:
         oneshot(args, d, rt) if args.oneshot else prune_while_training(args, d, sched, rt)
     except (NonFinite, rundir.RunError) as e:
         fail(f"{e}.", rt)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         fail("interrupted; --oneshot keeps no checkpoint: run it again with --overwrite." if args.oneshot
-             else rundir.interrupted(Path(args.out_dir)), rt, code=130)
+             else rundir.interrupted(Path(args.out_dir)), rt, code=exit_code(e))
     finally:
         rundir.release_lock(lock)
     finish(rt)
@@ -426,7 +457,7 @@ def prune_while_training(args, d, sched, rt):
     # a) the dense teacher, fine-tuned here unless given
     teacher, teacher_scores = None, {"teacher_metric": None}
     if args.kd:
-        teacher, teacher_scores = get_teacher(args, d, rt)
+        teacher, teacher_scores = get_teacher(args, d, rt, later=sched.total_steps)
         if teacher is None:                          # --stop-after, while training the teacher
             return
     # b) the student, pruned gradually while it learns (from the teacher)
@@ -486,12 +517,20 @@ def oneshot(args, d, rt):
         lines += [f"{r['sparsity']:8.2f} {r['encoder_sparsity']:8.4f} " + " ".join(f"{v:12.2f}" for v in
                   r["metric"].values()) + f" {r['seconds']:8.1f}" for r in rows]
         print("\n".join(lines), flush=True)
+        notes = runtime.what_it_tells(d, {"the fine-tuned --model": metric})
+        for note in notes:
+            runtime.log(rt, f"note: {note}")
         rundir.claim(out, "results.json")
         record = {"task": args.task, "method": args.method, "scope": args.scope, "oneshot": rows,
                   "statistic": method.reads, "statistic_seconds": stats_seconds,
                   **({"fisher_seconds": stats_seconds} if method.reads == "fisher" else {}),   # the tables' older name
-                  "table": lines, "args": vars(args)}
+                  "table": lines, "notes": notes, "args": vars(args)}
         rundir.write_atomic(out / "results.json", json.dumps(record, indent=1), fix=ONESHOT_FIX)
+
+
+def exit_code(interrupt) -> int:
+    """130 for Ctrl-C (128 + SIGINT), 143 for SIGTERM (128 + 15), as shells report them."""
+    return 143 if isinstance(interrupt, Terminated) else 130
 
 
 def fail(message, rt=None, code=2):

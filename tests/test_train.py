@@ -239,7 +239,7 @@ def test_the_teacher_distils_in_eval_mode(tmp_path, tiny_bert_with_vocab, monkey
     """Dropout off in the teacher for every soft target (evaluating it first must not switch it back)."""
     teachers, modes = [], []
     get_teacher, forward = train.get_teacher, runtime.forward
-    monkeypatch.setattr(train, "get_teacher", lambda *a: (lambda t: teachers.append(t[0]) or t)(get_teacher(*a)))
+    monkeypatch.setattr(train, "get_teacher", lambda *a, **k: (lambda t: teachers.append(t[0]) or t)(get_teacher(*a, **k)))
 
     def watching(net, batch):
         if teachers and net is teachers[0]:
