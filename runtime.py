@@ -9,23 +9,30 @@ train.py's loop (the recipe's phases) runs on what this file sets up and reports
   load_model               a model with the task's head, its new weights seeded as every rank seeds them
   forward, task_loss       what a batch means for the task: the model's output, and the loss on its labels
   evaluate                 the task's metric on dev (or the held-out examples), dropout off
-  log, log_record          the progress line and log.jsonl; pruned_by, the sparsity report's title
+  log, log_record          the progress line and log.jsonl; pruned_by, the sparsity report's title;
+                           what_it_tells, the closing notes where a run's numbers cannot mean anything
+  student_schedule, ...    the phases' steps, checked once the data fixes them (a run too short for
+                           its schedule, a warm-up longer than its cycle, --stop-after past its end)
 
 Like train.py, cli.py and rundir.py, this is part of the loop's code: no concept file imports it.
 """
 import json
+import math
 import os
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import cli
 import data
 import model as modeling
 import prune
 import rundir
+from rundir import UsageError
+from schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ def load_data(args, task, rt) -> Data:
     """Read, tokenize and encode both splits; raises DataError / CheckpointError on bad files."""
     tok = data.load_tokenizer(args.model_folder)
     train_ex = data.load_split(task, "train", args.data_dir)
-    cli.check_holdout(args, len(train_ex))
+    check_holdout(args, len(train_ex))
     cut = len(train_ex) - (args.holdout or 0)
     train_ex, holdout_ex = train_ex[:cut][: args.limit_train], train_ex[cut:]
     eval_ex = data.load_split(task, "validation", args.data_dir)[: args.limit_eval]
@@ -220,3 +227,100 @@ def peak_memory_bytes(device) -> int:
         return torch.cuda.max_memory_allocated(device)
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux reports KiB
+
+
+# -----------------------------------------------------------------------------
+# The phases' steps, checked once the data is read (cli.py has checked the flags): still before
+# anything is written. A problem is one sentence (UsageError), exit 2.
+# `batches` is the number of micro-batches in one epoch of the training data (len of its loader).
+
+def check_holdout(args, n_train: int):
+    """--holdout N takes the training file's last N examples away from training: some must be left."""
+    if n_train - (args.holdout or 0) < 1:
+        raise UsageError(f"--holdout {args.holdout} leaves no training examples ({args.task} has {n_train}); "
+                         f"pass a smaller --holdout.")
+
+
+def phase_steps(epochs, args, batches: int) -> int:
+    """Optimizer steps of a phase: epochs x steps per epoch, at least 1, at most --max-steps."""
+    n = max(1, math.ceil(epochs * (batches // args.grad_accum)))
+    return min(n, args.max_steps) if args.max_steps else n
+
+
+def warmup_steps(args, total) -> int:
+    return args.warmup_steps if args.warmup_steps is not None else round(args.warmup * total)
+
+
+def student_schedule(args, batches: int) -> Schedule:
+    """The student's schedule (schedule.py), refused up front if the run is too short to end at its target."""
+    if batches // args.grad_accum == 0:
+        raise UsageError("fewer training examples than one optimizer step needs; lower --batch-size or --grad-accum.")
+    total = phase_steps(args.epochs, args, batches)
+    sched = Schedule(total, args.sparsity, args.init_sparsity, args.schedule, args.lr, args.lr_min,
+                     warmup_steps(args, total))
+    if prune.accumulated(prune.METHODS[args.method]) and sched.t_0 == 0:
+        raise UsageError(f"--method {args.method} scores weights by how training moved them, and the student's "
+                         f"{total} steps put its first pruning step at step 0, before any training; raise --epochs "
+                         f"(the first pruning step is at 2/30 of the run).")
+    if not sched.reaches_target():
+        fix = (f"raise --max-steps, which caps it at {total}," if args.max_steps == total else "raise --epochs")
+        raise UsageError(f"the student's {total} optimizer steps are too few for the schedule to reach sparsity "
+                         f"{args.sparsity:g} (its last pruning step is step {sched.t_end}); {fix} to give it at least "
+                         f"{sched.min_steps()} steps.")
+    check_warmup(args, sched)
+    if args.kd and not args.teacher:
+        teacher = phase_steps(args.teacher_epochs, args, batches)
+        check_warmup(args, Schedule(teacher, 0.0, warmup_steps=warmup_steps(args, teacher)), "the teacher's")
+    check_stop_after(args, run_steps(args, batches, sched))
+    return sched
+
+
+def check_warmup(args, sched, whose="the student's"):
+    """The warm-up ramps the first cycle only (schedule.py: every pruning step re-warms the LR): a warm-up
+    longer than that cycle would leave its steps, maybe the whole phase, at a fraction of the peak."""
+    first = sched.cycles()[0][1]
+    if sched.warmup_steps > first:
+        flag = "--warmup-steps" if "warmup_steps" in args.given else "--warmup"
+        where = (f"{whose} dense phase before its first pruning step ({first} of its {sched.total_steps} steps; every "
+                 f"pruning step re-warms the LR)" if sched.target > 0 else f"{whose} {first} steps")
+        raise UsageError(f"{flag} gives a warm-up of {sched.warmup_steps} steps, longer than {where}; pass at most "
+                         f"--warmup-steps {first}.")
+
+
+def run_steps(args, batches: int, sched) -> list[int]:
+    """The optimizer steps of each phase this run trains: the student's, and the teacher's if trained here."""
+    return [sched.total_steps] + ([phase_steps(args.teacher_epochs, args, batches)] if args.kd and not args.teacher
+                                  else [])
+
+
+def check_stop_after(args, phases: list[int]):
+    """--stop-after N stops a phase after its step N: refused if no phase of this run (their steps:
+    `phases`) has that step. Called by train.py once the data fixes the phases' lengths."""
+    if args.stop_after is not None and args.stop_after > max(phases):
+        raise UsageError(f"--stop-after {args.stop_after} is past the last step of every phase of this run "
+                         f"({max(phases)}); pass a smaller one.")
+
+
+def warn_if_long(args, phases: list[int], tokens_per_step: int, device):
+    """Before a run estimated at more than a day on this device, one line with the numbers (it goes on).
+    FLOPs of a step: forward 2 x weights x tokens (prune.py's count), backward twice that, plus the
+    teacher's forward; the device's speed: a few 1024 x 1024 matrix products, at half their rate."""
+    cfg = vars(modeling.load_config(Path(args.model_folder)))
+    per_token = sum(f for _, _, f in prune.cost_table(cfg, 128)) / 128
+    steps, flops = sum(phases), per_token * tokens_per_step * (4 if args.kd else 3)
+    rate = 0.5 * device_flops(device)
+    days = steps * flops / rate / 86400
+    if days > 1:
+        print(f"train.py: this run is estimated at {days:.1f} days on {device} ({steps} optimizer steps of about "
+              f"{flops / 1e12:.2f} TFLOP, at ~{rate / 1e9:.0f} GFLOP/s); it goes on (--max-steps or fewer --epochs "
+              f"shorten it).", flush=True)
+
+
+def device_flops(device) -> float:
+    """FLOP/s of three 1024 x 1024 fp32 matrix products on `device`, after one to warm up."""
+    a = torch.ones(1024, 1024, device=device)
+    (a @ a).sum().item()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        (a @ a).sum().item()
+    return 3 * 2 * 1024 ** 3 / (time.perf_counter() - t0)

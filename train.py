@@ -346,8 +346,8 @@ def get_teacher(args, d, rt, later=0):
     if not args.teacher and not (folder / "config.json").is_file():
         runtime.log(rt, "training the dense teacher first")
         t = runtime.load_model(args.model_folder, d.task, args.seed, rt.device)
-        total = cli.phase_steps(args.teacher_epochs, args, len(d.loader))
-        sched = Schedule(total, 0.0, lr_max=args.teacher_lr, lr_min=0.0, warmup_steps=cli.warmup_steps(args, total))
+        total = runtime.phase_steps(args.teacher_epochs, args, len(d.loader))
+        sched = Schedule(total, 0.0, lr_max=args.teacher_lr, lr_min=0.0, warmup_steps=runtime.warmup_steps(args, total))
         if fit("teacher", t, None, d, sched, args, rt, later).stopped:
             return None, None
         if rt.rank == 0:
@@ -430,9 +430,9 @@ def main(argv=None):
         runtime.log(rt, f"{args.task}: {len(d.train)} training examples ({len(d.loader) // args.grad_accum} optimizer "
                         f"steps an epoch), {len(d.eval_features)} dev" + (f", {len(d.holdout_features)} held-out"
                                                                           if d.holdout_features else ""))
-        sched = None if args.oneshot else cli.student_schedule(args, len(d.loader))
+        sched = None if args.oneshot else runtime.student_schedule(args, len(d.loader))
         if not args.oneshot and rt.rank == 0:
-            cli.warn_if_long(args, cli.run_steps(args, len(d.loader), sched), d.tokens_per_batch * args.grad_accum,
+            runtime.warn_if_long(args, runtime.run_steps(args, len(d.loader), sched), d.tokens_per_batch * args.grad_accum,
                              rt.device)
         lock = rundir.prepare_out_dir(args, rt, rundir.fingerprints(args, d.fingerprint))
     except (UsageError, data.DataError, modeling.CheckpointError) as e:

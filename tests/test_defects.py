@@ -18,6 +18,7 @@ import torch
 import cli
 import data
 import rundir
+import runtime
 import train
 from conftest import TINY_VOCAB, save_tiny
 from test_safety import FIX, ROOT, base_args, finished, refused, run_copy, snapshot   # noqa: F401 (fixtures)
@@ -616,7 +617,7 @@ def test_15_progress_names_the_phase_and_shows_the_time_left(tmp_path, tiny_bert
 
 
 def test_15_a_run_estimated_at_over_a_day_says_so_and_goes_on(tmp_path, tiny_bert_with_vocab, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "device_flops", lambda device: 1e3)      # a very slow device
+    monkeypatch.setattr(runtime, "device_flops", lambda device: 1e3)      # a very slow device
     train.main(base_args(tiny_bert_with_vocab, tmp_path / "run"))
     out = capsys.readouterr().out
     assert "this run is estimated at" in out and "days" in out and "it goes on" in out
