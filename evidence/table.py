@@ -124,6 +124,8 @@ def at_budget(name: str, p: str) -> str:
 CHOSEN_ROWS = [   # (label, run name with {p}) at the chosen budget
     ("the recipe: GMP, accelerated from 30%, KD at T = 5.5, hardness 1.0", "gmp{p}"),
     ("the recipe with oBERT (1024 Fisher gradients of 16 per pruning step)", "obert{p}"),
+    ("the recipe with movement (-Σ w·g, per matrix)", "movement{p}"),
+    ("the recipe with Wanda (128 calibration sentences, per output row)", "wanda{p}"),
     ("embeddings and head pruned too", "embhead{p}"),
     ("naive cubic schedule from zero", "cubic{p}"),
     ("first jump to 50%", "init50-{p}"),
@@ -155,7 +157,7 @@ def chosen_table(res: dict) -> str:
     for p in ("50", "70", "80", "90"):
         for label, name in CHOSEN_ROWS:
             r = seeds_of(res, at_budget(name, p))
-            if r or p in ("80", "90"):
+            if r or p in ("80", "90") and (name.removesuffix("{p}") not in runs.CRITERIA or p == "80"):
                 gap = teacher_gaps(res, r)
                 rows.append([label, f"{p}%", cell(accuracy(r)), cell(gap) if gap else "", cell(holdout(r)), str(len(r)),
                              minutes(r), cell([x["peak_memory_gb"] for x in r], 2) if r else ""])
@@ -173,6 +175,10 @@ COMPARISONS = [   # (guideline, what the paper says wins, what it beats, at); na
     ("3. KD rather than none", "gmp{p}", "nokd{p}", ("80", "90")),
     ("3. hardness 1.0 rather than 0.5", "gmp{p}", "hard05-{p}", ("80", "90")),
     ("the pruner: oBERT rather than GMP", "obert{p}", "gmp{p}", ("80", "90")),
+    ("the pruner: oBERT rather than movement (the oBERT paper's claim)", "obert{p}", "movement{p}", ("80",)),
+    ("the pruner: movement rather than GMP (no claim at 80%)", "movement{p}", "gmp{p}", ("80",), False),
+    ("the pruner: Wanda rather than GMP (no claim for gradual pruning)", "wanda{p}", "gmp{p}", ("80",), False),
+    ("the pruner: oBERT rather than Wanda (no claim)", "obert{p}", "wanda{p}", ("80",), False),
 ]
 
 
@@ -184,10 +190,10 @@ def paired(ra: list[dict], rb: list[dict], key: str = "metric") -> tuple[list[fl
     return [a[k] for k in shared], [b[k] for k in shared]
 
 
-def verdict(a: list[float], b: list[float], ran: bool = True) -> tuple[str, str, str]:
+def verdict(a: list[float], b: list[float], ran: bool = True, claimed: bool = True) -> tuple[str, str, str]:
     """(difference, spread, shown?) for 'a beats b', a and b paired seed by seed (`paired`): shown
     when |mean a - mean b| > std a + std b. ran: both rows have runs (then no values means no
-    seed in common)."""
+    seed in common). claimed: a paper says a beats b (else a difference is only "a ahead" or "b ahead")."""
     if not a or not b:
         return "", "", "no seed in common" if ran else "not run"
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
@@ -196,6 +202,8 @@ def verdict(a: list[float], b: list[float], ran: bool = True) -> tuple[str, str,
         return f"{d:+.2f}", "", "one seed: no spread"
     if abs(d) <= spread:
         return f"{d:+.2f}", f"{spread:.2f}", "no: within the spread"
+    if not claimed:
+        return f"{d:+.2f}", f"{spread:.2f}", "**yes, the first ahead**" if d > 0 else "**yes, the second ahead**"
     return f"{d:+.2f}", f"{spread:.2f}", "**yes, as the paper says**" if d > 0 else "**yes, against the paper**"
 
 
@@ -208,18 +216,20 @@ def per_seed(res: dict, a: str, b: str) -> str:
 
 SHORT = {"no: within the spread": "within the spread", "**yes, as the paper says**": "shown, as the paper says",
          "**yes, against the paper**": "shown, against the paper", "one seed: no spread": "one seed",
+         "**yes, the first ahead**": "shown, the first ahead", "**yes, the second ahead**": "shown, the second ahead",
          "no seed in common": "no seed in common"}
 
 
 def comparison_rows(res: dict, comparisons, name_at) -> list[list[str]]:
     rows = []
-    for guideline, win, lose, at in comparisons:
+    for guideline, win, lose, at, *claim in comparisons:
+        claimed = claim[0] if claim else True              # a fifth element False: no paper claims a direction
         for p in at:
             a, b = name_at(win, p), name_at(lose, p)
             ra, rb = seeds_of(res, a), seeds_of(res, b)
             da, db = paired(ra, rb)                            # the seeds both rows have, only
-            d, spread, shown = verdict(da, db, bool(ra and rb))
-            hd, hspread, hshown = verdict(*paired(ra, rb, "holdout_metric"))
+            d, spread, shown = verdict(da, db, bool(ra and rb), claimed)
+            hd, hspread, hshown = verdict(*paired(ra, rb, "holdout_metric"), claimed=claimed)
             rows.append([guideline, f"{p}%", f"`{a}` − `{b}`", d, spread, shown, per_seed(res, a, b),
                          f"{len(da)}", f"{hd} ({SHORT[hshown]})" if hd else ""])
     return rows
@@ -261,6 +271,56 @@ def short_budget_table(old: dict) -> str:
 
 # -----------------------------------------------------------------------------
 # One-shot pruning and CrAM; the wall times of what sparsity buys.
+
+CRITERIA_ROWS = [   # (criterion, scope, what it reads, its one-shot run, its gradual run at 80%) on this miniature's teachers
+    ("magnitude (GMP)", "global", "the weights", "oneshot-gmp", "gmp80"),
+    ("magnitude (GMP)", "per output row", "the weights", "oneshot-gmp-row", None),
+    ("movement", "per matrix", "-Σ w·g over the student's steps", None, "movement80"),
+    ("Wanda", "per output row", "‖X_j‖₂ of 128 training sentences", "oneshot-wanda", "wanda80"),
+    ("Wanda", "global", "‖X_j‖₂ of 128 training sentences", "oneshot-wanda-global", None),
+    ("oBERT", "global", "a Fisher of 1024 gradients of 16", "oneshot-obert", "obert80"),
+]
+
+
+def statistic_once(records: list[dict]) -> str:
+    """The seconds a one-shot run spent gathering its statistic (once, from the dense model): a range."""
+    secs = [r.get("statistic_seconds", r.get("fisher_seconds")) for r in records]
+    secs = [x for x in secs if x]
+    digits = 1 if secs and max(secs) < 10 else 0
+    return f"{min(secs):.{digits}f}–{max(secs):.{digits}f}" if secs else ""
+
+
+def criteria_table(res: dict) -> str:
+    """The four rungs of the saliency ladder on this miniature: each teacher pruned in one shot (no
+    training), and the recipe with each criterion in place of GMP at 80% and the chosen budget."""
+    rows = []
+    for criterion, scope, reads, oneshot, gradual in CRITERIA_ROWS:
+        once = seeds_of(res, oneshot) if oneshot else []
+        cols = [cell([oneshot_accuracy(rec, x) for rec in once], 1) if oneshot else "trains: no one shot"
+                for x in ONESHOT_SPARSITIES[1:]]
+        r = seeds_of(res, at_budget(gradual, "")) if gradual else []
+        gap = teacher_gaps(res, r)
+        rows.append([criterion, scope, reads, *cols, statistic_once(once),
+                     cell(accuracy(r)) if gradual else "", cell(gap) if gap else "", cell(holdout(r)) if gradual else "",
+                     minutes(r), str(max(len(once), len(r)))])
+    return table(["criterion", "compared", "reads", "one shot 50%", "70%", "80%", "90%", "statistic once (s)",
+                  "the recipe at 80%, dev", "minus its teacher", "held-out", "minutes per run", "seeds"], rows,
+                 "lllrrrrrrrrrr")
+
+
+def first_cut_table(res: dict) -> str:
+    """evidence/first_cut.py: the recipe's first cut (30% of every matrix after its 50 dense steps) by
+    four criteria, the student's dev accuracy right after and after 100 more steps of the recipe."""
+    records = seeds_of(res, "first-cut")
+    rows = [["(before the cut: 50 dense steps)", "", cell([r["accuracy_before_cut"] for r in records]), "", "", ""]]
+    for name in ("movement", "magnitude", "at random", "largest first"):
+        got = [r["criteria"][name] for r in records if name in r.get("criteria", {})]
+        rows.append([name, "30% of every matrix", cell([g["right_after"] for g in got]),
+                     cell([g["after_training"] for g in got]),
+                     cell([100 * g["share_of_largest_1pct_cut"] for g in got], 0), str(len(got))])
+    return table(["the first cut by", "cut", "dev accuracy right after", "after 100 more steps",
+                  "% of the largest 1% of weights cut", "seeds"], rows, "llrrrr")
+
 
 ONESHOT = [("AdamW (the teachers)", "GMP, one shot", "oneshot-gmp"),
            ("AdamW (the teachers)", "oBERT, one shot, 1024 gradients", "oneshot-obert"),
@@ -479,7 +539,7 @@ def render(folder: Path = RESULTS) -> dict[str, str]:
     paper = {n.removeprefix("paper-"): r for n, r in every.items() if n.startswith("paper-")}   # paper_tasks.py
     out = {"cost-bert-base": cost_table("bert-base-uncased"), "cost-roberta-large": cost_table("roberta-large"),
            "budget": budget_table(res), "sst2": chosen_table(res), "guidelines": guidelines_table(res),
-           "short-budget": short_budget_table(old), "oneshot": oneshot_table(old), "wall": wall_table(old),
+           "short-budget": short_budget_table(old), "oneshot": oneshot_table(old), "criteria": criteria_table(every), "first-cut": first_cut_table(every), "wall": wall_table(old),
            "softmax": softmax_table(res), "compute": compute_table(res),
            "paper-tasks": paper_table(paper)}
     for name in ("bench-cpu", "bench-cpu-sparse"):
