@@ -344,12 +344,20 @@ def prepare_out_dir(args, rt, fingerprints: dict) -> Path | None:
 
 
 def not_prepared(out: Path, e: Exception) -> str:
-    """prepare_out_dir's one sentence: a check's (UsageError), a failed write's (RunError), or that of a
-    folder that cannot be made, locked or emptied (OSError: a permission, a full disk)."""
+    """prepare_out_dir's one sentence: a check's (UsageError), a failed write's (RunError), that of a
+    path that cannot be a folder (a dangling symbolic link, a file above it), or that of a folder that
+    cannot be made, locked or emptied (OSError: a permission, a full disk)."""
     if isinstance(e, UsageError):
         return str(e)
     if isinstance(e, RunError):
         return f"{e}."
+    if out.is_symlink() and not out.exists():       # mkdir meets the link's name: no permission or space helps
+        return (f"--out-dir {out} is a symbolic link to {os.readlink(out)}, which does not exist; create that "
+                f"folder, or pass another --out-dir.")
+    above = next((p for p in out.absolute().parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():    # a file (or a dangling link) where a folder must be
+        return (f"--out-dir {out} cannot be made: {above} is not a folder; pass an --out-dir whose parent "
+                f"folders exist or can be created.")
     return (f"--out-dir {out} cannot be written ({e}); fix its permissions or free some space, then run the same "
             f"command again.")
 

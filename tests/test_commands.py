@@ -103,3 +103,14 @@ def test_2_a_write_that_fails_leaves_the_old_file_and_no_tmp(tmp_path):
         files.write_result(path, full_disk, files.TIMINGS)
     assert path.read_text() == "# command: python sparse.py old\n" and list(tmp_path.iterdir()) == [path]
     assert rundir.RunError is files.WriteFailed                 # train.py's RunError is the same sentence
+
+
+# 4. rundir.py: a dangling symbolic link as --out-dir is named as one ------------------------------------------
+
+@pytest.mark.parametrize("where, message", [("link", "is a symbolic link to"), ("link/run", "link is not a folder")])
+def test_4_an_out_dir_that_cannot_be_a_folder_is_named(tmp_path, tiny_bert_with_vocab, capsys, where, message):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("a user's file\n")
+    before = snapshot(tmp_path)
+    line = refused(base_args(tiny_bert_with_vocab, tmp_path / where), capsys)
+    assert message in line and "permissions" not in line and snapshot(tmp_path) == before
