@@ -347,7 +347,8 @@ def bench_table(path: Path) -> str:
     """bench.py's rows (84-character label, ours, reference, ratio, target) as markdown."""
     rows = []
     for line in path.read_text().splitlines():
-        if line.startswith("#") or len(line) < 90 or line.startswith(("prune-lm", "ratio", "measurement")):
+        if line.startswith("#") or len(line) < 90 or line.startswith(("prune-lm", "ratio", "measurement")) \
+                or re.match(r"\w+ (train|validation): read \d+ examples? from ", line):     # data.py's, not a row
             continue
         if line[84] != " ":
             raise ValueError(f"{path.name}: a label longer than bench.py's 84 columns: {line[:90]!r}")

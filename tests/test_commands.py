@@ -114,3 +114,38 @@ def test_4_an_out_dir_that_cannot_be_a_folder_is_named(tmp_path, tiny_bert_with_
     before = snapshot(tmp_path)
     line = refused(base_args(tiny_bert_with_vocab, tmp_path / where), capsys)
     assert message in line and "permissions" not in line and snapshot(tmp_path) == before
+
+
+# 3-5. data.py: extra fields are refused, lines are the file's, and the file read is said --------------------
+
+def test_3_a_tsv_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\ngood\t1\nbad film\t0\tsurplus\n")
+    with pytest.raises(data.DataError, match=r"dev.tsv:line 3 has 3 tab-separated fields but the header has 2"):
+        data.load_split(data.TASKS["sst2"], "validation", tmp_path)
+
+
+@pytest.mark.parametrize("name, content, where", [
+    ("dev.tsv", "sentence\tlabel\ngood\t1\n\nbad\t7\n", "dev.tsv:line 4: label '7'"),          # a blank line counts
+    ("dev.jsonl", '{"sentence": "a _ b\u2028c", "option1": "x", "option2": "y", "answer": "1"}\n'
+                  '{"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "3"}\n', "dev.jsonl:line 2: answer"),
+])
+def test_4_a_bad_record_is_named_by_the_files_own_line(tmp_path, name, content, where):
+    (tmp_path / name).write_text(content)
+    task = data.TASKS["sst2" if name.endswith(".tsv") else "winogrande"]
+    with pytest.raises(data.DataError, match=where):
+        data.load_split(task, "validation", tmp_path)
+
+
+def test_5_the_file_a_split_is_read_from_is_printed(tmp_path, capsys):
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.tsv").write_text("sentence\tlabel\ngood\t1\n")
+    (tmp_path / "sst2" / "train.jsonl").write_text('{"sentence": "bad", "label": 0}\n')
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\nfine\t1\nok\t1\n")
+    assert len(data.load_split(data.TASKS["sst2"], "train", tmp_path)) == 1
+    assert capsys.readouterr().out == f"sst2 train: read 1 example from {tmp_path / 'sst2' / 'train.tsv'}\n"
+
+def test_5_bench_output_with_data_lines_still_makes_its_table(tmp_path):
+    row = f"{'masked vs dense step, MiniLM (median s)':<84} {0.5668:10.4g} {0.5587:10.4g} {1.014:7.3f}  <= 1.05"
+    path = tmp_path / "bench.txt"
+    path.write_text(f"sst2 train: read 67349 examples from {'/very/long' * 9}/sst2/train.tsv\n{row}\n")
+    assert "| masked vs dense step, MiniLM (median s) | 0.5668 |" in table.bench_table(path)
