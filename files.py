@@ -18,7 +18,8 @@ the PNGs in evidence/figures. One rule holds for all of them (`write_result`):
      one, and a write that fails (a full disk) leaves no *.tmp behind and says in one sentence the
      file, the reason and the space left (`write_failed`). rundir.py's writes are these too.
 
-Expected errors are `CommandError`s (a refusal is `Refused`, a failed write `WriteFailed`); each
+A text result begins with the command, commit and machine that made it (`provenance`): how
+sparse.py's timings are known as its own. Expected errors are `CommandError`s (a refusal is `Refused`, a failed write `WriteFailed`); each
 command's entry point runs inside `command(name)`, which turns them into one sentence on stderr and
 exit code 2, never a traceback. This file imports nothing of the project's.
 """
@@ -175,3 +176,25 @@ def atomic(path: Path, write, fix: str = AGAIN):
 def write_atomic(path: Path, text: str, fix: str = AGAIN):
     atomic(path, lambda tmp: tmp.write_text(text), fix)
 
+
+# -----------------------------------------------------------------------------
+# Whose a text result is: the lines it begins with (TIMINGS knows sparse.py's by the first).
+
+def provenance(script: str, argv, seed: str) -> list[str]:
+    """The command, the commit, the seed and the machine, as evidence/results' text files begin: what
+    makes such a file recognisably ours, and tells how to make it again."""
+    import platform
+    import shlex
+    import subprocess
+    import torch
+    root = Path(__file__).resolve().parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"], cwd=root,
+                           capture_output=True, text=True).stdout      # the code only: not a results file
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               platform.machine()) if Path("/proc/cpuinfo").is_file() else platform.machine()
+    return [f"# command: python {script} {shlex.join(argv)}",
+            f"# commit: {commit.strip() or 'unknown'}{' (with uncommitted changes)' if dirty.strip() else ''}",
+            f"# seed: {seed}",
+            f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"python {platform.python_version()}"]

@@ -105,6 +105,96 @@ def test_2_a_write_that_fails_leaves_the_old_file_and_no_tmp(tmp_path):
     assert rundir.RunError is files.WriteFailed                 # train.py's RunError is the same sentence
 
 
+# 1-2. sparse.py: --out checked before the timings, written through the rule ------------------------------
+
+@pytest.mark.parametrize("out, message", [("user.txt", "is not sparse.py's timings"), (".", "is a folder"),
+                                          ("no/such/t.txt", "does not exist")])
+def test_1_sparse_out_is_checked_before_timing_and_a_users_file_kept(tmp_path, capsys, monkeypatch, out, message):
+    model = exported(tmp_path / "run")
+    (tmp_path / "user.txt").write_text("my notes\n")
+    monkeypatch.setattr(sparse, "benchmark", lambda *a: pytest.fail("timed before --out was checked"))
+    before = snapshot(tmp_path)
+    line = one_sentence(sparse.main, [str(model), "--out", str(tmp_path / out)], capsys, "sparse.py")
+    assert message in line and snapshot(tmp_path) == before
+
+
+def test_1_sparse_out_replaces_its_own_timings(tmp_path, capsys):
+    model, out = exported(tmp_path / "run"), tmp_path / "t.txt"
+    for _ in range(2):                                           # the second run replaces the first's file
+        sparse.main([str(model), *QUICK, "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("# command: python sparse.py") and text.count("# command:") == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threads", "0"], "--threads is 0, but it must be at least 1"),
+    (["--threads", str(2 ** 40)], "--threads 1099511627776 is refused by torch"),
+    (["--task", "nosuch"], "--task nosuch is not a task here; pass one of csqa, winogrande, squad"),
+    (["--examples", "4"], "--batch-sizes 32 is more than --examples 4"),
+    (["--data-dir", str(FIX), "--seq-len", "16"], "--seq-len sets the length of random token ids"),
+    (["--seq-len", "65"], "--seq-len 65 is longer than"),
+])
+def test_3_sparse_flags_that_cannot_work_are_one_sentence(tmp_path, capsys, flags, message):
+    line = one_sentence(sparse.main, [str(exported(tmp_path / "run")), *flags], capsys, "sparse.py")
+    assert message in line
+
+
+def test_3_sparse_batches_are_full_and_never_more_than_the_examples(tmp_path, capsys):
+    model = exported(tmp_path / "run")
+    line = one_sentence(sparse.main, [str(model), "--data-dir", str(FIX), "--examples", "8", "--batch-sizes", "1,8"],
+                        capsys, "sparse.py")
+    assert "sst2 dev split has 3 examples, fewer than batch 8" in line
+    args = argparse.Namespace(data_dir=FIX, examples=3, batch_sizes=[2], task=None, seq_len=None)
+    cfg, task, dev = sparse.plan(model, args)
+    batches = sparse.input_batches(args, 2, cfg, task, dev)
+    assert [b["input_ids"].shape[0] for b in batches] == [2]     # 3 examples: one full batch of 2, not 2 + 1
+
+
+# 4-5. sparse.py times every head this project exports, inputs within the model's vocabulary and positions --
+
+@pytest.mark.parametrize("arch, task, flags, shape", [
+    ("ForMultipleChoice", "csqa", [], (2, 5, 64)),                     # the README's main command's model
+    ("ForMultipleChoice", None, ["--task", "winogrande"], (2, 2, 64)),
+    ("ForQuestionAnswering", None, [], (2, 64)),                         # (start, end) logits
+    ("ForSequenceClassification", None, [], (2, 64)),
+])
+def test_5_sparse_times_every_head_with_the_inputs_it_takes(tmp_path, capsys, monkeypatch, arch, task, flags, shape):
+    model, out = exported(tmp_path / "run", arch, task), tmp_path / "t.txt"
+    shapes, batches = [], sparse.input_batches
+    monkeypatch.setattr(sparse, "input_batches", lambda *a: shapes.append(tuple(batches(*a)[0]["input_ids"].shape))
+                        or batches(*a))
+    sparse.main([str(model), *QUICK, *flags, "--out", str(out)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "\t".join(sparse.COLUMNS)                       # the printed table has its header row
+    rows = [l.split("\t") for l in out.read_text().splitlines() if not l.startswith("#")][1:]
+    assert {r[2] for r in rows} == {"1", "2"} and shapes[-1] == shape
+    assert all(float(r[7]) <= 1e-5 for r in rows)
+
+
+def test_5_sparse_takes_the_task_from_the_run_and_refuses_a_contradiction(tmp_path, capsys):
+    mc = exported(tmp_path / "mc", "ForMultipleChoice")                  # no run.json: csqa or winogrande?
+    assert "pass --task csqa or --task winogrande" in one_sentence(sparse.main, [str(mc)], capsys, "sparse.py")
+    csqa = exported(tmp_path / "run", "ForMultipleChoice", "csqa")
+    line = one_sentence(sparse.main, [str(csqa), "--task", "winogrande"], capsys, "sparse.py")
+    assert "was fine-tuned on csqa" in line
+    line = one_sentence(sparse.main, [str(exported(tmp_path / "qa", "ForQuestionAnswering")), "--task", "sst2"],
+                        capsys, "sparse.py")
+    assert "--task sst2 is classification" in line and "pass --task squad" in line
+
+
+def test_4_sparse_draws_ids_within_a_small_vocabulary_and_positions(tmp_path, capsys):
+    """A valid RoBERTa of 99 tokens and 64 positions (62 usable): ids below 99, 62 tokens, no 'index out
+    of range in self'."""
+    model = exported(tmp_path / "run", model_type="roberta")
+    sparse.main([str(model), *QUICK])
+    assert "fastest per matrix" in capsys.readouterr().out
+    args = argparse.Namespace(data_dir=None, examples=2, batch_sizes=[2], task=None, seq_len=None)
+    cfg, task, _ = sparse.plan(model, args)
+    ids = sparse.input_batches(args, 2, cfg, task)[0]["input_ids"]
+    assert ids.max() < 99 and ids.shape[-1] == 62
+
+
 # 4. rundir.py: a dangling symbolic link as --out-dir is named as one ------------------------------------------
 
 @pytest.mark.parametrize("where, message", [("link", "is a symbolic link to"), ("link/run", "link is not a folder")])
