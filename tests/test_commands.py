@@ -195,6 +195,35 @@ def test_4_sparse_draws_ids_within_a_small_vocabulary_and_positions(tmp_path, ca
     assert ids.max() < 99 and ids.shape[-1] == 62
 
 
+# 2-3. evidence/runs.py: a failed run is one sentence; an --only that matches nothing is refused ------------
+
+@pytest.fixture
+def runs_here(tmp_path, monkeypatch):
+    """runs.py in a tmp folder, its one row a stand-in for train.py that says its sentence and exits 2."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys\nprint('train.py: --foo is not a flag.', file=sys.stderr)\nsys.exit(2)\n")
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    monkeypatch.setattr(runs, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(runs, "model_path", lambda: "/M")
+    monkeypatch.setattr(runs, "rows", lambda M, d: [("teacher-s0", [sys.executable, str(bad), "--out-dir", "r"])])
+    return tmp_path
+
+
+def test_2_runs_a_failed_run_is_named_in_one_sentence_and_records_nothing(runs_here, capfd):
+    with pytest.raises(SystemExit) as e:
+        runs.main([])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[0] == "train.py: --foo is not a flag." and len(err) == 2
+    assert err[1].startswith("runs.py: teacher-s0 failed (bad.py exited with code 2") and "Traceback" not in err[1]
+    assert not list((runs_here / "results").iterdir())
+
+
+@pytest.mark.parametrize("only, message", [("nosuch", "matches none of the 1 runs' names (such as teacher-s0)"),
+                                           ("(", "is not a regular expression")])
+def test_3_runs_only_that_runs_nothing_is_refused(runs_here, capsys, only, message):
+    assert message in one_sentence(runs.main, ["--only", only], capsys, "runs.py")
+
+
 # 4. rundir.py: a dangling symbolic link as --out-dir is named as one ------------------------------------------
 
 @pytest.mark.parametrize("where, message", [("link", "is a symbolic link to"), ("link/run", "link is not a folder")])
