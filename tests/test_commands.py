@@ -224,6 +224,56 @@ def test_3_runs_only_that_runs_nothing_is_refused(runs_here, capsys, only, messa
     assert message in one_sentence(runs.main, ["--only", only], capsys, "runs.py")
 
 
+# 2-3. evidence/table.py: nothing to compare is no pass; tables of nothing never replace the README's -------
+
+@pytest.fixture
+def results(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "teacher-s0.json").write_text(json.dumps({"name": "teacher-s0", "command": "c", "commit": "abc",
+                                                        "seed": 0, "metric": {"accuracy": 85.0},
+                                                        "command_seconds": 60.0, "peak_memory_gb": 1.0}))
+    return folder
+
+
+@pytest.mark.parametrize("flag", ["--check", "--write"])
+def test_3_table_check_or_write_on_a_file_without_markers_is_refused(tmp_path, results, capsys, flag):
+    target = tmp_path / "notes.md"
+    target.write_text("# my notes, no tables\n")
+    line = one_sentence(table.main, ["--results", str(results), flag, str(target)], capsys, "table.py")
+    assert "has no table markers" in line and target.read_text() == "# my notes, no tables\n"
+
+
+@pytest.mark.parametrize("case, message", [("missing results", "is not a folder"), ("empty results", "holds no results"),
+                                           ("not JSON", "teacher-s0.json is not a readable JSON results file"),
+                                           ("missing README", "is not a file"), ("both", "pass one of them")])
+def test_2_table_bad_inputs_are_one_sentence_and_the_readme_is_kept(tmp_path, results, capsys, case, message):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- table: compute -->\nold\n<!-- /table -->\n")
+    folder = {"missing results": tmp_path / "nowhere", "empty results": tmp_path / "empty"}.get(case, results)
+    (tmp_path / "empty").mkdir()
+    if case == "not JSON":
+        (results / "teacher-s0.json").write_text("{half")
+    argv = ["--results", str(folder), "--write", str(tmp_path / "nope.md" if case == "missing README" else readme)]
+    line = one_sentence(table.main, argv + (["--check", str(readme)] if case == "both" else []), capsys, "table.py")
+    assert message in line and readme.read_text() == "<!-- table: compute -->\nold\n<!-- /table -->\n"
+
+
+def test_3_table_write_fills_the_markers_and_says_so(tmp_path, results, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- table: compute -->\nold\n<!-- /table -->\n")
+    table.main(["--results", str(results), "--write", str(readme)])
+    assert "| dense teachers | 1 | 1.0 |" in readme.read_text() and "1 tables written" in capsys.readouterr().out
+    table.main(["--results", str(results), "--check", str(readme)])          # now equal: passes
+
+
+def test_5_bench_output_with_data_lines_still_makes_its_table(tmp_path):
+    row = f"{'masked vs dense step, MiniLM (median s)':<84} {0.5668:10.4g} {0.5587:10.4g} {1.014:7.3f}  <= 1.05"
+    path = tmp_path / "bench.txt"
+    path.write_text(f"sst2 train: read 67349 examples from {'/very/long' * 9}/sst2/train.tsv\n{row}\n")
+    assert "| masked vs dense step, MiniLM (median s) | 0.5668 |" in table.bench_table(path)
+
+
 # 4. rundir.py: a dangling symbolic link as --out-dir is named as one ------------------------------------------
 
 @pytest.mark.parametrize("where, message", [("link", "is a symbolic link to"), ("link/run", "link is not a folder")])
@@ -262,9 +312,3 @@ def test_5_the_file_a_split_is_read_from_is_printed(tmp_path, capsys):
     (tmp_path / "train.tsv").write_text("sentence\tlabel\nfine\t1\nok\t1\n")
     assert len(data.load_split(data.TASKS["sst2"], "train", tmp_path)) == 1
     assert capsys.readouterr().out == f"sst2 train: read 1 example from {tmp_path / 'sst2' / 'train.tsv'}\n"
-
-def test_5_bench_output_with_data_lines_still_makes_its_table(tmp_path):
-    row = f"{'masked vs dense step, MiniLM (median s)':<84} {0.5668:10.4g} {0.5587:10.4g} {1.014:7.3f}  <= 1.05"
-    path = tmp_path / "bench.txt"
-    path.write_text(f"sst2 train: read 67349 examples from {'/very/long' * 9}/sst2/train.tsv\n{row}\n")
-    assert "| masked vs dense step, MiniLM (median s) | 0.5668 |" in table.bench_table(path)
