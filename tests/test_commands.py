@@ -224,6 +224,24 @@ def test_3_runs_only_that_runs_nothing_is_refused(runs_here, capsys, only, messa
     assert message in one_sentence(runs.main, ["--only", only], capsys, "runs.py")
 
 
+# 1. paper_tasks.py: a run that did not finish never replaces a finished record ---------------------------
+
+def test_1_paper_tasks_keeps_a_finished_record_when_its_rerun_fails(tmp_path, monkeypatch):
+    import time
+    monkeypatch.setattr(paper_tasks, "ROOT", tmp_path)
+    results = tmp_path / "results"
+    results.mkdir()
+    finished = {"name": "paper-x", "command": "c", "commit": "abc", "finished": True, "metric": {"accuracy": 47.0}}
+    (results / "paper-x.json").write_text(json.dumps(finished))
+    before = snapshot(results)
+    bad = tmp_path / "bad.py"                        # no data, no hub: train.py cannot start
+    bad.write_text("import sys\nprint('train.py: no train file for csqa')\nsys.exit(2)\n")
+    done = paper_tasks.run_phase([("x", [sys.executable, str(bad), "--out-dir", "runs/x"])], 1, time.time() + 60, "M",
+                                 {"commit": "c", "machine": "m"}, results)
+    assert snapshot(results) == before and done["x"]["finished"] is False
+    assert json.loads((tmp_path / "runs" / "x.unfinished.json").read_text())["exit_code"] == 2
+
+
 # 2-3. evidence/table.py: nothing to compare is no pass; tables of nothing never replace the README's -------
 
 @pytest.fixture
