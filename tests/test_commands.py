@@ -292,6 +292,27 @@ def test_5_bench_output_with_data_lines_still_makes_its_table(tmp_path):
     assert "| masked vs dense step, MiniLM (median s) | 0.5668 |" in table.bench_table(path)
 
 
+# 1. softmax.py and figures.py: their files through the same rule --------------------------------------------
+
+def test_1_softmax_out_never_replaces_a_users_file(tmp_path, capsys, monkeypatch):
+    softmax = load_evidence("softmax")
+    (tmp_path / "mine.json").write_text('{"my": "data"}\n')
+    monkeypatch.setattr(softmax, "dev_logits", lambda *a: pytest.fail("worked before --out was checked"))
+    monkeypatch.setattr(sys, "argv", ["softmax.py", "--model", "m", "--out", str(tmp_path / "mine.json")])
+    line = one_sentence(lambda argv: softmax.main(), [], capsys, "softmax.py")
+    assert "is not evidence/softmax.py's record" in line and (tmp_path / "mine.json").read_text() == '{"my": "data"}\n'
+
+
+def test_1_figures_are_not_drawn_from_no_results(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    figures = load_evidence("figures")
+    monkeypatch.setattr(figures, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(figures, "OUT", tmp_path / "figures")
+    (tmp_path / "results").mkdir()
+    assert "holds no results files" in one_sentence(lambda argv: figures.main(), [], capsys, "figures.py")
+    assert not (tmp_path / "figures").exists()
+
+
 # 4. rundir.py: a dangling symbolic link as --out-dir is named as one ------------------------------------------
 
 @pytest.mark.parametrize("where, message", [("link", "is a symbolic link to"), ("link/run", "link is not a folder")])
