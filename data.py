@@ -86,7 +86,8 @@ class Task:
 # Reading records from files (released formats and Hugging Face exports) or the hub.
 
 def read_records(path: Path) -> list[tuple[str, object]]:
-    """(where, record) pairs; `where` is "file:line" or "file:record N" for error messages."""
+    """(where, record) pairs; `where` is "file:line N", the file's own line (TSV, JSON lines), or
+    "file:record N" where records have no lines (parquet, a JSON array, SQuAD's release)."""
     if path.stat().st_size == 0:
         raise DataError(f"{path} is empty; re-download the dataset file.")
     try:
@@ -107,8 +108,13 @@ def parse_records(path: Path) -> list[tuple[str, object]]:
         return [(f"{path}:record {i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
     if path.suffix == ".tsv":
         with open(path, newline="", encoding="utf-8-sig") as f:      # -sig: a byte-order mark is not a column
-            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        return [(f"{path}:line {i + 2}", r) for i, r in enumerate(rows)]
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            rows = [(f"{path}:line {reader.line_num}", r) for r in reader]   # the file's line: blank ones count
+        for where, r in rows:       # DictReader keeps extra fields under None: a tab too many, never dropped
+            if None in r:
+                raise DataError(f"{where} has {len(reader.fieldnames) + len(r[None])} tab-separated fields but the "
+                                f"header has {len(reader.fieldnames)}; remove the extra tabs or fix the header.")
+        return rows
     text = path.read_text(encoding="utf-8-sig")
     try:
         whole = json.loads(text)            # one JSON document: SQuAD's release, or a JSON array
@@ -119,7 +125,7 @@ def parse_records(path: Path) -> list[tuple[str, object]]:
     except json.JSONDecodeError:
         pass
     out = []
-    for i, line in enumerate(text.splitlines()):
+    for i, line in enumerate(text.split("\n")):      # "\n" only: the file's lines (U+2028 may be inside a string)
         if line.strip():
             try:
                 out.append((f"{path}:line {i + 1}", json.loads(line)))
@@ -270,7 +276,9 @@ def find_file(task: Task, split: str, data_dir: Path) -> Path:
 
 
 def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
-    """Examples of `split` ("train" or "validation"), from data_dir or, without it, the hub."""
+    """Examples of `split` ("train" or "validation"), from data_dir or, without it, the hub; it prints
+    which file it read (`find_file`'s choice: train.tsv over train.jsonl, a task's own folder over
+    data_dir's top level), once (rank 0 under torchrun)."""
     parse = task.parse or parse_glue
     if data_dir is not None:
         path = find_file(task, split, Path(data_dir))
@@ -298,6 +306,9 @@ def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
         if e["id"] in seen:
             raise DataError(f"{where}: id {e['id']!r} repeats {seen[e['id']]}'s; every example needs its own id.")
         seen[e["id"]] = where
+    if os.environ.get("RANK", "0") == "0":           # which file was read (the documented order chose it), once
+        n = len(examples)
+        print(f"{task.name} {split}: read {n} example{'s' * (n != 1)} from {source}", flush=True)
     return examples
 
 

@@ -23,9 +23,9 @@ The promises, each with its tests in tests/test_safety.py and tests/test_defects
 How it connects: cli.py calls `check_out_dir` with the other checks, before anything is
 written; train.py calls `prepare_out_dir` once they pass, `save_checkpoint` / `load_checkpoint`
 in its loop, and `save_model` for the exported folders (model.py writes the weights, this file
-adds the tokenizer files, so that the folder is complete for `transformers`).
+adds the tokenizer files, so that the folder is complete for `transformers`). Its atomic writes are
+files.py's, which every other command's writes use too.
 """
-import errno
 import fcntl
 import hashlib
 import json
@@ -36,6 +36,8 @@ import socket
 from pathlib import Path
 
 import torch
+
+import files
 
 # The flags that do NOT define a run: a folder's run.json must match every other argument
 # (so a new flag defines the run unless it is listed here).
@@ -59,8 +61,9 @@ class UsageError(Exception):
     """Bad input found before anything is written: one sentence, exit code 2 (train.py's `fail`)."""
 
 
-class RunError(Exception):
-    """A write that failed during a run (a full disk): one sentence, exit code 2, no *.tmp left behind."""
+# A write that failed during a run (a full disk): one sentence, exit code 2, no *.tmp left behind. It is
+# files.py's WriteFailed, which every command's writes raise: one class, whoever writes.
+RunError = files.WriteFailed
 
 
 def run_defining(arguments: dict) -> dict:
@@ -341,12 +344,20 @@ def prepare_out_dir(args, rt, fingerprints: dict) -> Path | None:
 
 
 def not_prepared(out: Path, e: Exception) -> str:
-    """prepare_out_dir's one sentence: a check's (UsageError), a failed write's (RunError), or that of a
-    folder that cannot be made, locked or emptied (OSError: a permission, a full disk)."""
+    """prepare_out_dir's one sentence: a check's (UsageError), a failed write's (RunError), that of a
+    path that cannot be a folder (a dangling symbolic link, a file above it), or that of a folder that
+    cannot be made, locked or emptied (OSError: a permission, a full disk)."""
     if isinstance(e, UsageError):
         return str(e)
     if isinstance(e, RunError):
         return f"{e}."
+    if out.is_symlink() and not out.exists():       # mkdir meets the link's name: no permission or space helps
+        return (f"--out-dir {out} is a symbolic link to {os.readlink(out)}, which does not exist; create that "
+                f"folder, or pass another --out-dir.")
+    above = next((p for p in out.absolute().parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():    # a file (or a dangling link) where a folder must be
+        return (f"--out-dir {out} cannot be made: {above} is not a folder; pass an --out-dir whose parent "
+                f"folders exist or can be created.")
     return (f"--out-dir {out} cannot be written ({e}); fix its permissions or free some space, then run the same "
             f"command again.")
 
@@ -390,32 +401,20 @@ def claim(out: Path, *paths: str):
 # Writing: atomically, and saying so when the disk is full.
 
 def write_failed(path: Path, e: Exception, fix=RESUME_FIX) -> RunError:
-    """The one sentence for a write that failed: the file, the reason, the space left, the fix (in a run:
-    free some space, then --resume; before it starts, `start_folder`: run the same command again)."""
-    try:
-        free = f"{shutil.disk_usage(path.parent).free / 1e6:.0f} MB are free there"
-    except OSError:
-        free = "its disk cannot be read"
-    full = (e.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(e, OSError)
-            else any(t in str(e) for t in ("write failed", "No space left")))   # torch.save's RuntimeError
-    why = "the disk is full" if full else f"{type(e).__name__}: {str(e)[:80]}"
-    return RunError(f"writing {path} failed ({why}; {free}); free some space, {fix}")
+    """The one sentence for a write that failed (files.py's): the file, the reason, the space left, the
+    fix (in a run: free some space, then --resume; before it starts, `start_folder`: run the same
+    command again)."""
+    return files.write_failed(path, e, fix)
 
 
 def atomic(path: Path, write, fix=RESUME_FIX):
-    """write(tmp) to a temporary name, then rename it to `path`: a kill leaves the old file or the new
-    one. If the write fails (a full disk), the temporary file goes too and RunError says so."""
-    tmp = Path(str(path) + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:         # torch.save reports a failed write as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise write_failed(path, e, fix) from None
+    """write(tmp) to a temporary name, then rename it to `path` (files.py's `atomic`): a kill leaves the
+    old file or the new one; a failed write leaves no temporary file and raises RunError."""
+    files.atomic(path, write, fix)
 
 
 def write_atomic(path: Path, text: str, fix=RESUME_FIX):
-    atomic(path, lambda tmp: tmp.write_text(text), fix)
+    files.write_atomic(path, text, fix)
 
 
 def append_line(path: Path, line: str):

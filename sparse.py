@@ -41,6 +41,7 @@ the median kept, and a sparse kernel taken only when it beats dense by ROUTE_MAR
     pip install pybind11 && pip install --no-build-isolation sparseprop==0.1.14
 """
 import functools
+import json
 import os
 import sys
 import time
@@ -411,30 +412,124 @@ def to_semi_structured(model, names, dtype=torch.bfloat16):
 
 # -----------------------------------------------------------------------------
 # What a user's own exported model gains: `python sparse.py OUT/model [more folders]`.
+#
+# Every head this project exports is timed with the inputs it takes: (B, T) token ids for
+# classification and question answering (whose (start, end) logits are compared as one), (B, C, T)
+# for multiple choice. The task comes from the folder where it can (`model_task`), and all that a
+# timing could trip over is checked before the first one (`check_flags`, `plan`): the flags, --out
+# (files.py's rule), each folder's config, head and task, --seq-len against its positions. Random
+# ids are drawn within its vocabulary, real examples cut to its positions, and a batch is never
+# larger than the examples (only full batches are timed: a smaller last one would pass for full).
+
+COLUMNS = ["model", "encoder sparsity", "batch", "kernels", "ms per batch", "sequences/s", "speed-up", "max |diff|",
+           "matrices"]                   # sequences/s: examples (a question with its C choices is one) per second
+
+
+def head_of(cfg):
+    """model.py's head for a config's architectures ("...ForMultipleChoice"), None for a bare encoder."""
+    import model as modeling
+    arch = (cfg.extra.get("architectures") or [""])[0]
+    return next((h for h, suffix in modeling.ARCHITECTURES.items() if h and arch.endswith(suffix)), None)
+
 
 def load_exported(folder):
     """A folder train.py exported (or any BERT/RoBERTa one), with the head its config names."""
     import model as modeling
-    cfg = modeling.load_config(modeling.resolve_folder(folder))
-    arch = (cfg.extra.get("architectures") or [""])[0]
-    head = next((h for h, suffix in modeling.ARCHITECTURES.items() if h and arch.endswith(suffix)), None)
-    return modeling.from_pretrained(folder, head=head, num_labels=cfg.num_labels if head == "classification" else None,
-                                    verbose=False).eval(), head
+    head = head_of(modeling.load_config(modeling.resolve_folder(folder)))
+    return modeling.from_pretrained(folder, head=head, verbose=False).eval(), head   # classification: its own labels
 
 
-def input_batches(folder, args, batch_size: int) -> list[dict]:
-    """Batches of batch_size: the task's first dev examples (padded to each batch's longest), or
-    random token ids of --seq-len without --data-dir."""
+def recorded_task(folder) -> str | None:
+    """The task train.py's run recorded for an exported folder: "task" in the run.json or results.json
+    of the folder above it (OUT/model, OUT/oneshot-S) or two above (OUT/teacher/model)."""
+    for up in list(Path(folder).absolute().parents)[:2]:
+        for name in ("run.json", "results.json"):
+            try:
+                return json.loads((up / name).read_text())["task"]
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+    return None
+
+
+def model_task(folder, cfg, head, args):
+    """The task whose inputs the model takes: --task, else the one its run recorded, else the one task its
+    head (and label count) fits, else sst2 where it fits (the old default); None where random ids need
+    none. A --task that the folder contradicts, or a model that fits several tasks, is Refused."""
     import data
-    if args.data_dir:
-        task = data.TASKS[args.task]
-        tok = data.load_tokenizer(folder)
-        features = data.encode(task, data.load_split(task, "validation", args.data_dir)[: args.examples], tok)
-        loader = data.make_loader(features, batch_size, False, 0, data.pad_id(tok))
+    import files
+    arch = (cfg.extra.get("architectures") or ["model without a task head"])[0]
+    fits = [t for t in data.TASKS.values() if t.kind == head or (head is None and t.kind != "multiple_choice")]
+    fits = [t for t in fits if head != "classification" or t.num_labels == cfg.num_labels]
+    names = " or ".join(f"--task {t.name}" for t in fits)
+    recorded = next((t for t in fits if t.name == recorded_task(folder)), None)
+    if args.task and recorded and recorded.name != args.task:
+        raise files.Refused(f"--task {args.task}, but {folder} was fine-tuned on {recorded.name} (its run.json says "
+                            f"so); drop --task, or pass --task {recorded.name}")
+    if args.task and data.TASKS[args.task] not in fits:
+        raise files.Refused(f"--task {args.task} is {data.TASKS[args.task].kind}, but {folder} is a {arch} with "
+                            f"{cfg.num_labels} labels; " + (f"pass {names}" if fits else "drop --task"))
+    if args.task or recorded or len(fits) == 1 or data.TASKS["sst2"] in fits:
+        return data.TASKS[args.task] if args.task else recorded or (fits[0] if len(fits) == 1 else data.TASKS["sst2"])
+    if not fits and not args.data_dir:
+        return None                                      # a classifier of its own: random ids, (B, T)
+    raise files.Refused(f"{folder} is a {arch}" + (f" that could be {' or '.join(t.name for t in fits)}, and no "
+                        f"run.json above it says which; pass {names}" if fits else f" with {cfg.num_labels} labels, "
+                        f"which no task here has; time it on random ids (drop --data-dir)"))
+
+
+def positions(cfg) -> int:
+    """Tokens a sequence may hold: RoBERTa's positions start at pad_token_id + 1."""
+    return cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.model_type == "roberta" else 0)
+
+
+def plan(folder, args):
+    """(config, task, dev features or None) of one folder, checked before any timing: a config of ours, a
+    task its head takes, a --seq-len its positions hold (without one, random ids are 128 tokens, or as
+    many as it holds), and with --data-dir the examples (`dev_features`)."""
+    import files
+    import model as modeling
+    cfg = modeling.load_config(modeling.resolve_folder(folder))
+    task = model_task(folder, cfg, head_of(cfg), args)
+    if args.seq_len is not None and args.seq_len > positions(cfg):
+        raise files.Refused(f"--seq-len {args.seq_len} is longer than {folder}'s {positions(cfg)} positions; pass "
+                            f"--seq-len {positions(cfg)} or less")
+    return cfg, task, dev_features(folder, args, task, cfg) if args.data_dir else None
+
+
+def dev_features(folder, args, task, cfg) -> tuple[list[dict], int]:
+    """The task's first --examples dev examples, encoded, cut to the model's positions, and the padding
+    id; Refused if they are fewer than a batch, or hold token ids beyond the model's vocabulary."""
+    import data
+    import files
+    tok = data.load_tokenizer(folder)
+    examples = data.load_split(task, "validation", args.data_dir)[: args.examples]
+    if len(examples) < max(args.batch_sizes):
+        raise files.Refused(f"--data-dir's {task.name} dev split has {len(examples)} examples, fewer than batch "
+                            f"{max(args.batch_sizes)}; pass --batch-sizes of at most {len(examples)}")
+    if task.kind == "question_answering" and positions(cfg) <= 3 + 128:     # data.encode's windows share 128
+        raise files.Refused(f"{folder} holds {positions(cfg)} positions, too few for SQuAD's windows, which share "
+                            f"128 context tokens; time it on random ids (drop --data-dir)")
+    features = data.encode(task, examples, tok, min(task.max_length, positions(cfg)))
+    top = max(max(sum(ids, []) if isinstance(ids[0], list) else ids) for ids in (f["input_ids"] for f in features))
+    if top >= cfg.vocab_size:
+        raise files.Refused(f"{folder}'s tokenizer gives token id {top}, but its config.json's vocab_size is "
+                            f"{cfg.vocab_size}; pass a model folder whose tokenizer is the model's own")
+    return features, data.pad_id(tok)
+
+
+def input_batches(args, batch_size: int, cfg, task, dev=None) -> list[dict]:
+    """Full batches of batch_size: the dev features (`dev_features`) padded to each batch's longest, or
+    random token ids of --seq-len within the vocabulary; (B, C, T) for multiple choice."""
+    import data
+    if dev is not None:
+        features, pad = dev
+        loader = data.make_loader(features[: len(features) // batch_size * batch_size], batch_size, False, 0, pad)
         return [{k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for b in loader]
     g = torch.Generator().manual_seed(0)
-    n = max(1, args.examples // batch_size)
-    ids = torch.randint(5, 1000, (n, batch_size, args.seq_len), generator=g)
+    choices = (task.num_labels,) if task is not None and task.kind == "multiple_choice" else ()
+    low = 5 if cfg.vocab_size > 5 else 0                 # clear of the special tokens, where there are others
+    ids = torch.randint(low, min(1000, cfg.vocab_size), (args.examples // batch_size, batch_size, *choices,
+                                                         args.seq_len or min(128, positions(cfg))), generator=g)
     return [{"input_ids": i, "attention_mask": torch.ones_like(i), "token_type_ids": torch.zeros_like(i)} for i in ids]
 
 
@@ -463,9 +558,9 @@ def latencies(variants: dict, batches, repeats: int) -> dict:
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
-def benchmark(folder, args) -> tuple[list, list]:
+def benchmark(folder, args, cfg, task, dev) -> tuple[list, list]:
     """Rows (model, sparsity, batch, kernel, latency, sequences/s, speed-up, max diff, kernels) and the
-    per-matrix profile of the fastest routing, for one exported model."""
+    per-matrix profile of the fastest routing, for one exported model (`plan` gives cfg, task and dev)."""
     import copy
     import prune
     dense, _ = load_exported(folder)
@@ -474,7 +569,7 @@ def benchmark(folder, args) -> tuple[list, list]:
                                                                                  for n in names)
     rows, profile = [], []
     for batch_size in args.batch_sizes:
-        batches = input_batches(folder, args, batch_size)
+        batches = input_batches(args, batch_size, cfg, task, dev)
         tokens = round(sum(b["input_ids"].numel() for b in batches) / len(batches))
         variants = {"dense": dense}
         for kernel in available_kernels()[1:]:
@@ -506,38 +601,56 @@ def storage(folder) -> list[str]:
     zeros compress, the kept float32 values hardly do)."""
     import zlib
     path = Path(folder) / "model.safetensors"
-    raw = path.read_bytes()
+    raw = (path if path.is_file() else Path(folder) / "pytorch_model.bin").read_bytes()
     return [Path(folder).name, f"{len(raw) / 1e6:.1f}", f"{len(zlib.compress(raw, 6)) / 1e6:.1f}"]
 
 
-def header(argv) -> list[str]:
-    """The command, the commit and the machine, as evidence/results' files begin."""
-    import platform
-    import shlex
-    import subprocess
-    root = Path(__file__).resolve().parent
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"], cwd=root,
-                           capture_output=True, text=True).stdout      # the code only: not a results file
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.machine()) if Path("/proc/cpuinfo").is_file() else platform.machine()
-    return [f"# command: python sparse.py {shlex.join(argv)}",
-            f"# commit: {commit.strip() or 'unknown'}{' (with uncommitted changes)' if dirty.strip() else ''}",
-            "# seed: none: timings; the inputs are the task's first dev examples (or token ids from seed 0)",
-            f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"python {platform.python_version()}"]
+def check_flags(args):
+    """Every flag's value, before any work: one sentence (files.Refused) for a value that cannot work."""
+    import data
+    import files
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise files.Refused(f"--batch-sizes takes whole numbers such as 1,32, not {args.batch_sizes!r}") from None
+    if args.seq_len is not None and args.data_dir:
+        raise files.Refused("--seq-len sets the length of random token ids, but --data-dir gives real examples; "
+                            "drop one of them")
+    for flag, value, least in (("--batch-sizes", min(args.batch_sizes), 1), ("--examples", args.examples, 1),
+                               ("--repeats", args.repeats, 1), ("--route-repeats", args.route_repeats, 1),
+                               ("--seq-len", args.seq_len or 2, 2), ("--threads", 1 if args.threads is None else args.threads, 1)):
+        if value < least:
+            raise files.Refused(f"{flag} is {value}, but it must be at least {least}; pass e.g. {flag} {max(least, 2)}")
+    if max(args.batch_sizes) > args.examples:            # a batch holds at most the examples there are
+        raise files.Refused(f"--batch-sizes {max(args.batch_sizes)} is more than --examples {args.examples}; pass "
+                            f"--examples {max(args.batch_sizes)} or more, or smaller batches")
+    if args.task is not None and args.task not in data.TASKS:
+        raise files.Refused(f"--task {args.task} is not a task here; pass one of {', '.join(data.TASKS)}")
+    try:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+    except (RuntimeError, ValueError, OverflowError) as e:
+        raise files.Refused(f"--threads {args.threads} is refused by torch ({e}); pass e.g. --threads "
+                            f"{os.cpu_count()}") from None
+    if args.out:
+        files.check_target(args.out, files.TIMINGS)
 
 
 def main(argv=None):
     import argparse
+    import data
+    import files
+    import model as modeling
     ap = argparse.ArgumentParser(description="Time an exported model's forward pass on this CPU: dense, every "
                                              "encoder Linear through one sparse kernel, and through the fastest "
                                              "kernel for each matrix; with the outputs' difference from dense and "
                                              "the file's size before and after compression.")
     ap.add_argument("models", nargs="+", help="exported model folders (train.py's OUT/model, OUT/oneshot-S)")
-    ap.add_argument("--task", default="sst2", help="the task whose dev examples are the inputs (default sst2)")
+    ap.add_argument("--task", help="the task whose inputs the model takes (default: the one its run.json above it "
+                                   "names, else the one its head fits, else sst2)")
     ap.add_argument("--data-dir", help="the task's released files; without it, random token ids of --seq-len")
-    ap.add_argument("--seq-len", type=int, default=128, help="tokens per sequence without --data-dir (default 128)")
+    ap.add_argument("--seq-len", type=int, help="tokens per sequence without --data-dir (default 128, or the model's "
+                                                "positions if fewer)")
     ap.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes (default 1,32: one sentence, "
                                                          "and a serving batch)")
     ap.add_argument("--examples", type=int, default=64, help="inputs per timing round (default 64)")
@@ -548,38 +661,33 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ap.add_argument("--out", help="also write the table here (with the command, commit and machine on top)")
     args = ap.parse_args(argv)
-    try:
-        args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    except ValueError:
-        ap.exit(2, f"sparse.py: --batch-sizes takes whole numbers such as 1,32, not {args.batch_sizes!r}.\n")
-    for flag, value, least in (("--batch-sizes", min(args.batch_sizes), 1), ("--examples", args.examples, 1),
-                               ("--repeats", args.repeats, 1), ("--route-repeats", args.route_repeats, 1),
-                               ("--seq-len", args.seq_len, 2)):
-        if value < least:
-            ap.exit(2, f"sparse.py: {flag} is {value}, but it must be at least {least}; pass e.g. {flag} {max(least, 2)}.\n")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    lines = header(argv if argv is not None else sys.argv[1:])
-    lines.append("\t".join(["model", "encoder sparsity", "batch", "kernels", "ms per batch", "sequences/s",
-                            "speed-up", "max |diff|", "matrices"]))
-    profiles, sizes = [], [["model", "MB", "MB after zlib"]]
-    for folder in args.models:
-        try:
-            rows, profile = benchmark(folder, args)
-        except Exception as e:          # a folder that is not a model, data that cannot be read: one line
-            ap.exit(2, f"sparse.py: {folder}: {e}\n")
-        lines += ["\t".join(r) for r in rows]
-        profiles += profile
-        sizes.append(storage(folder))
-        print("\n".join("\t".join(r) for r in rows), flush=True)
-    lines += ["# storage: " + "\t".join(s) for s in sizes]
-    lines.append(f"# routing (fastest per matrix): each matrix's kernels timed on the batch's token count in "
-                 f"{args.route_repeats} interleaved rounds (after a warm-up), the median kept; a sparse kernel "
-                 f"replaces dense only if at least {ROUTE_MARGIN:.0%} faster")
-    lines += profiles
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(l for l in lines if l.startswith("# storage")))
+    with files.command("sparse.py", data.DataError, modeling.CheckpointError):
+        check_flags(args)
+        plans = {folder: plan(folder, args) for folder in args.models}    # every folder, before the first timing
+        lines = files.provenance("sparse.py", argv if argv is not None else sys.argv[1:],
+                                 "none: timings; the inputs are the task's first dev examples (or token ids from seed 0)")
+        lines.append("\t".join(COLUMNS))
+        print(lines[-1], flush=True)
+        profiles, sizes = [], [["model", "MB", "MB after zlib"]]
+        for folder, (cfg, task, dev) in plans.items():
+            try:
+                rows, profile = benchmark(folder, args, cfg, task, dev)
+                sizes.append(storage(folder))
+            except (files.CommandError, data.DataError, modeling.CheckpointError):
+                raise
+            except Exception as e:      # what no check foresaw: still one line, naming the folder
+                raise files.CommandError(f"{folder}: {type(e).__name__}: {e}") from None
+            lines += ["\t".join(r) for r in rows]
+            profiles += profile
+            print("\n".join("\t".join(r) for r in rows), flush=True)
+        lines += ["# storage: " + "\t".join(s) for s in sizes]
+        lines.append(f"# routing (fastest per matrix): each matrix's kernels timed on the batch's token count in "
+                     f"{args.route_repeats} interleaved rounds (after a warm-up), the median kept; a sparse kernel "
+                     f"replaces dense only if at least {ROUTE_MARGIN:.0%} faster")
+        lines += profiles
+        print("\n".join(l for l in lines if l.startswith("# storage")))
+        if args.out:
+            files.write_result(args.out, "\n".join(lines) + "\n", files.TIMINGS)
 
 
 if __name__ == "__main__":

@@ -20,23 +20,37 @@ matplotlib is an evidence-only dependency (evidence/requirements.txt), like tran
 tests: nothing else in the project imports it.
 
     python evidence/figures.py     # writes evidence/figures/*.png
+
+Each PNG is written through files.py's rule (it replaces only a PNG, atomically), and only when
+evidence/results holds results: figures of nothing never replace the drawn ones.
 """
-import json
 import sys
 from pathlib import Path
-
-import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt   # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+try:
+    import matplotlib
+except ImportError:
+    print("figures.py: drawing the figures needs matplotlib; pip install -r evidence/requirements.txt.",
+          file=sys.stderr)
+    sys.exit(2)
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt   # noqa: E402
+
+import files                      # noqa: E402  (the rule for every file a command writes)
 from schedule import Schedule     # noqa: E402
 from table import load, seeds_of, mean_std, RESULTS   # noqa: E402
 import runs                       # noqa: E402
 
 OUT = HERE / "figures"
+
+
+def save(fig, path):
+    """The figure as a PNG, through files.py's rule: it replaces only a PNG, atomically."""
+    files.write_result(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"), files.FIGURE, flag="")
+    plt.close(fig)
 
 
 def recovery_figure(res, path) -> list[str]:
@@ -74,8 +88,7 @@ def recovery_figure(res, path) -> list[str]:
     fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3)    # below both: clear of the curves
     fig.suptitle("MiniLM, SST-2 miniature: accuracy recovered against the student's budget", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
     return labels
 
 
@@ -146,8 +159,7 @@ def cycles_figure(res, path) -> list[str]:
     fig.suptitle(f"MiniLM, SST-2 miniature: accuracy during pruning at the chosen budget ({B} teacher budgets)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
     return [t.get_text() for ax in axes for t in ax.get_legend().get_texts()]
 
 
@@ -166,8 +178,7 @@ def schedules_figure(path, steps=376, target=0.9):
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
 
 
 def softmax_figure(rec, path, n=4):
@@ -181,21 +192,26 @@ def softmax_figure(rec, path, n=4):
         ax.set_title(" ".join(words[:5]) + (" …" if len(words) > 5 else "") + f"\n(label {e['label']})", fontsize=7)
     axes[0].set_ylabel("teacher's p_T (red: negative, blue: positive)", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main():
-    OUT.mkdir(exist_ok=True)
-    res = load(RESULTS)
-    recovery_figure(res, OUT / "recovery.png")
-    if runs.CHOSEN_BUDGET is not None:
-        cycles_figure(res, OUT / "cycles.png")
-    per_epoch = -(-runs.LIMIT_TRAIN // 32)                # the miniature's batches of 32: 188 steps an epoch
-    schedules_figure(OUT / "schedules.png", steps=per_epoch * runs.TEACHER_EPOCHS * (runs.CHOSEN_BUDGET or 1),
-                     target=0.8)
-    if "softmax" in res:
-        softmax_figure(res["softmax"], OUT / "softmax.png")
+    with files.command("figures.py"):
+        res = load(RESULTS)
+        if not res:                      # empty figures never replace the drawn ones
+            raise files.Refused(f"{RESULTS} holds no results files (NAME.json), so there is nothing to draw; make "
+                                f"them with evidence/runs.py first")
+        OUT.mkdir(exist_ok=True)
+        for name in ("recovery", "cycles", "schedules", "softmax"):    # every PNG checked before any is drawn
+            files.check_target(OUT / f"{name}.png", files.FIGURE, flag="")
+        recovery_figure(res, OUT / "recovery.png")
+        if runs.CHOSEN_BUDGET is not None:
+            cycles_figure(res, OUT / "cycles.png")
+        per_epoch = -(-runs.LIMIT_TRAIN // 32)                # the miniature's batches of 32: 188 steps an epoch
+        schedules_figure(OUT / "schedules.png", steps=per_epoch * runs.TEACHER_EPOCHS * (runs.CHOSEN_BUDGET or 1),
+                         target=0.8)
+        if "softmax" in res:
+            softmax_figure(res["softmax"], OUT / "softmax.png")
     for p in sorted(OUT.glob("*.png")):
         print(f"{p.relative_to(HERE.parent)}: {p.stat().st_size / 1024:.0f} KB")
 

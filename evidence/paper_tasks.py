@@ -29,7 +29,12 @@ finished is not run again (a teacher is, if its model is not on this machine).
 
 Records go to evidence/results/paper-NAME.json, in runs.py's format (its trim()), plus whether the
 run finished or was stopped, the GPU, and the seconds. evidence/table.py makes the README's table of
-them. The recorded runs (one H200, 9.5 minutes) were these two commands side by side; their --deadline 530
+them. A finished record is never replaced by that of a run that did not finish (a teacher re-run for
+its model on a machine without the data or the hub, say): that record goes beside the run's folder,
+--runs-dir/NAME.unfinished.json (runs/: git-ignored), and the finished one stays. Records are written by
+files.py's rule (created, or replacing only a record of ours, atomically).
+
+The recorded runs (one H200, 9.5 minutes) were these two commands side by side; their --deadline 530
 never fired (the shell started them in the background with Ctrl-C ignored, which train.py
 inherited; fixed since, see default_sigint), and every run ended on its own, the last at 572 s.
 To rerun them, give a deadline of 600 or more, or none:
@@ -49,6 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import runs  # noqa: E402  (the record format, the commit and the shell form of a command)
+import files  # noqa: E402  (the rule for every file a command writes; runs.py put the repository on the path)
 
 ROOT, RESULTS = runs.ROOT, runs.RESULTS
 OUT = Path("runs/paper")                         # relative to ROOT, like runs.py's runs/evidence
@@ -98,7 +104,11 @@ def out_dir(cmd: list[str]) -> Path:
 
 def finished(name: str, results: Path) -> bool:
     path = results / f"paper-{name}.json"
-    return path.is_file() and json.loads(path.read_text()).get("finished", False)
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("finished", False) is True
+    except (ValueError, AttributeError):
+        raise files.CommandError(f"{path} is not a record of paper_tasks.py (not a JSON object); restore it, or "
+                                 f"move it away") from None
 
 
 def default_sigint():
@@ -157,7 +167,12 @@ def record(name: str, cmd: list[str], rc: int, stopped: bool, seconds: float, M:
            **runs.trim(results, out / "student" / "log.jsonl")}
     if not ok:
         rec["tail"] = (out.parent / f"{name}.out").read_text()[-600:]  # the last lines it printed
-    runs.write_record(f"paper-{name}", rec, results_dir)
+    if not ok and finished(name, results_dir):     # a finished result is never replaced by a failed run's
+        runs.write_record(f"{name}.unfinished", rec, out.parent)
+        print(f"== {name}: did not finish; its finished record {results_dir / f'paper-{name}.json'} is kept, and this "
+              f"run's is {out.parent / f'{name}.unfinished.json'}", flush=True)
+    else:
+        runs.write_record(f"paper-{name}", rec, results_dir)
     return rec
 
 
@@ -168,6 +183,11 @@ def machine() -> str:
 
 
 def main():
+    with files.command("paper_tasks.py"):
+        run_all()
+
+
+def run_all():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="a folder with csqa/ and winogrande/ (../shared/data); without it the hub")

