@@ -181,6 +181,7 @@ def student_sparse_vs_dense(folder, data_dir, sparsity=0.9, batch_size=32, round
     import copy
     import distill
     import sparse
+    import sparse_backprop
     torch.manual_seed(0)
     teacher = modeling.from_pretrained(folder, head="classification", num_labels=2, verbose=False).eval()
     dense = copy.deepcopy(teacher).train()
@@ -191,7 +192,7 @@ def student_sparse_vs_dense(folder, data_dir, sparsity=0.9, batch_size=32, round
     loader = sst2_loader(folder, data_dir, batch_size, group_by_length=True)
     batches = [b for _, b in zip(range(rounds + 1), loader)]
     tokens = round(sum(b["input_ids"].numel() for b in batches) / len(batches))
-    chosen = sparse.route(routed, masks, tokens)
+    chosen = sparse_backprop.route(routed, masks, tokens)
     opts = {id(m): torch.optim.AdamW(m.parameters(), lr=1e-5) for m in (dense, routed)}
     it = {"dense": iter(batches), "sparse": iter(batches)}
 

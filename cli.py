@@ -17,7 +17,7 @@ How it connects: train.py's `main` calls `parse_args` and `resolve` (then, once 
 runtime.py checks what needs it: the phases' steps); the method choices come from prune.py's
 `METHODS` (each with its scope and the statistic it reads, whose flags apply only to it:
 `STATISTICS`), the Fisher's size from obert.py's `fisher_bytes`, the config's checks from model.py,
-SparseProp's availability from sparse.py, and the output folder's rules from rundir.py.
+SparseProp's availability from sparse_backprop.py, and the output folder's rules from rundir.py.
 """
 import argparse
 import math
@@ -33,7 +33,7 @@ import distill
 import model as modeling
 import obert
 import prune
-import sparse
+import sparse_backprop
 from rundir import UsageError, check_out_dir, read_checkpoint
 from schedule import initial_sparsity
 
@@ -171,7 +171,7 @@ def add_run_args(a):
     a("--compile", action="store_true", help="torch.compile the model for training")
     a("--sparse-backprop", action="store_true", help="CPU: run the encoder's Linears that are >= 80%% sparse through "
                                                      "SparseProp's kernels where measured faster (training and "
-                                                     "evaluation); needs `pip install sparseprop` (see sparse.py)")
+                                                     "evaluation); needs `pip install sparseprop` (see sparse_backprop.py)")
     a("--no-group-by-length", action="store_true", help="batches in plain shuffled order, not grouped by length "
                                                         "(grouping pads less: more real tokens per second)")
     a("--max-steps", type=int, help="cap on optimizer steps per phase (schedules scale to it)")
@@ -430,7 +430,7 @@ def check_combinations(args):
             raise UsageError("--sparse-backprop runs SparseProp's kernels, which torch.compile cannot trace; "
                              "drop --compile or --sparse-backprop.")
         try:
-            sparse.kernels()
+            sparse_backprop.kernels()
         except ImportError as e:
             raise UsageError(str(e))
 

@@ -542,5 +542,5 @@ def load_checkpoint(path, model, opt, device, running=None):
 
 
 def kernel_choices(model) -> dict:
-    """Which Linears --sparse-backprop routed through SparseProp's kernels (sparse.route)."""
+    """Which Linears --sparse-backprop routed through SparseProp's kernels (sparse_backprop.route)."""
     return {f"{n}.weight": "sparse" for n, m in model.named_modules() if vars(m).get("kernel") == "sparseprop"}

@@ -60,7 +60,7 @@ class Data:
     eval_examples: list
     eval_features: list
     pad_id: int
-    tokens_per_batch: int          # batch size x mean real length: sparse.route times the kernels on this many
+    tokens_per_batch: int          # batch size x mean real length: sparse_backprop.route times the kernels on this many
     holdout_examples: list = ()    # --holdout: the training file's last N examples, never trained on
     holdout_features: list = ()
     fingerprint: str = ""          # of the examples of every split (data.fingerprint): run.json records it

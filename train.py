@@ -54,7 +54,7 @@ import obert
 import prune
 import rundir
 import runtime
-import sparse
+import sparse_backprop
 from rundir import UsageError
 from schedule import Schedule
 
@@ -249,7 +249,7 @@ def resume_phase(out, model, opt, running, label, args, rt):
         return {}, 0
     masks, step, kernels = rundir.load_checkpoint(out / "checkpoint.pt", model, opt, rt.device, running)
     if args.sparse_backprop:
-        sparse.follow(model, masks, kernels)
+        sparse_backprop.follow(model, masks, kernels)
     runtime.log(rt, f"{label}: resumed at step {step}")
     return masks, step
 
@@ -288,7 +288,7 @@ def pruning_event(step, sparsity, model, masks, opt, d, args, rt, stats=None, ru
     if running is not None:
         prune.apply_masks(running, masks)
     if args.sparse_backprop:         # the index follows the masks: rebuilt here, and nowhere else
-        chosen = sparse.route(model, masks, d.tokens_per_batch)
+        chosen = sparse_backprop.route(model, masks, d.tokens_per_batch)
         runtime.log(rt, f"step {step}: sparsity {sparsity:.4f}, {list(chosen.values()).count('sparse')} of {len(chosen)} "
                 f"matrices through SparseProp's kernels")
     return masks

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import data
 import sparse
+import sparse_backprop
 import train
 
 pytest.importorskip("sparseprop")
@@ -48,7 +49,7 @@ def test_sparse_linear_equals_the_dense_masked_linear(shape, sparsity, bias):
 @pytest.mark.parametrize("offset", [0, 1])
 def test_transposed_equals_torch_for_aligned_and_unaligned_inputs(offset):
     a = torch.randn(64 * 48 + offset)[offset:].view(64, 48)          # offset 1: 4 bytes off, not 32-aligned
-    assert torch.equal(sparse.transposed(a), a.t()) and torch.equal(sparse.transposed(a[:, :37]), a[:, :37].t())
+    assert torch.equal(sparse_backprop.transposed(a), a.t()) and torch.equal(sparse_backprop.transposed(a[:, :37]), a[:, :37].t())
 
 
 def test_csr_index_matches_torch_csr():
@@ -67,8 +68,8 @@ def test_route_keeps_dense_below_80_percent_and_times_above(monkeypatch):
     masks = {"0.weight": torch.rand(8, 8) > 0.5, "1.weight": torch.zeros(8, 8, dtype=torch.bool)}
     masks["1.weight"][0, 0] = True
     timed = []
-    monkeypatch.setattr(sparse, "time_fwd_bwd", lambda lin, x: timed.append(lin) or ("forward" not in vars(lin)))
-    assert sparse.route(model, masks, 4) == {"0.weight": "dense", "1.weight": "sparse"}
+    monkeypatch.setattr(sparse_backprop, "time_fwd_bwd", lambda lin, x: timed.append(lin) or ("forward" not in vars(lin)))
+    assert sparse_backprop.route(model, masks, 4) == {"0.weight": "dense", "1.weight": "sparse"}
     assert timed == [model[1]] * 12 and "forward" in vars(model[1]) and "forward" not in vars(model[0])   # 6 rounds x 2
 
 
@@ -76,7 +77,7 @@ def test_route_keeps_dense_below_80_percent_and_times_above(monkeypatch):
 
 def prefer_sparse(monkeypatch):
     """Tiny matrices are faster dense; make every timed choice fall on the sparse kernels."""
-    monkeypatch.setattr(sparse, "time_fwd_bwd", lambda lin, x: 0.0 if "forward" in vars(lin) else 1.0)
+    monkeypatch.setattr(sparse_backprop, "time_fwd_bwd", lambda lin, x: 0.0 if "forward" in vars(lin) else 1.0)
 
 
 def test_sparse_backprop_run_equals_the_dense_run(tmp_path, tiny_bert_with_vocab, monkeypatch):
@@ -85,8 +86,8 @@ def test_sparse_backprop_run_equals_the_dense_run(tmp_path, tiny_bert_with_vocab
     float rounding, and the runs end with the same masks, metric and (within AdamW's steps) weights."""
     prefer_sparse(monkeypatch)
     calls, grads = [], {"dense": [], "sparse": []}
-    apply = sparse.SparseLinearFunction.apply
-    monkeypatch.setattr(sparse.SparseLinearFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    apply = sparse_backprop.SparseLinearFunction.apply
+    monkeypatch.setattr(sparse_backprop.SparseLinearFunction, "apply", lambda *a: calls.append(1) or apply(*a))
     masked_gradients = train.masked_gradients
 
     routed_at = []
