@@ -450,6 +450,47 @@ def storage(folder) -> list[str]:
     return [Path(folder).name, f"{len(raw) / 1e6:.1f}", f"{len(zlib.compress(raw, 6)) / 1e6:.1f}"]
 
 
+def random_models(spec: str, tokenizer_from, folder: Path) -> list[str]:
+    """--random NAME:S1,S2: a model of prune.py's built-in NAME shape (bert-base-uncased: 768 wide, 12
+    layers) with random weights (the reference's initialisation, seed 0), pruned by global magnitude to
+    each sparsity and saved under `folder` (a temporary one) with the tokenizer of the first model timed;
+    returns their folders, named NAME-S. So the table shows how the gain grows with the matrices' size."""
+    import files
+    import model as modeling
+    import prune
+    name, _, sparsities = spec.partition(":")
+    if name not in prune.BUILTIN:
+        raise files.Refused(f"--random {spec}: no built-in shape {name!r}; pass one of {', '.join(prune.BUILTIN)}, "
+                            f"as NAME:0.9,0.97")
+    try:
+        values = [float(v) for v in sparsities.split(",")]
+        assert values and all(0 <= v < 1 for v in values)
+    except (ValueError, AssertionError):
+        raise files.Refused(f"--random {spec}: the sparsities must be numbers in [0, 1), as {name}:0.9,0.97") from None
+    shape = prune.BUILTIN[name]
+    vocab = modeling.load_config(modeling.resolve_folder(tokenizer_from)).vocab_size
+    if shape["vocab_size"] < vocab:
+        raise files.Refused(f"--random {name}'s {shape['vocab_size']} tokens are fewer than the tokenizer of "
+                            f"{tokenizer_from} gives ({vocab}); pass a model with a smaller vocabulary first")
+    cfg = modeling.Config(**shape, num_attention_heads=shape["hidden_size"] // 64, model_type="bert",
+                          extra={"architectures": ["BertForSequenceClassification"]})
+    out = []
+    for sparsity in values:
+        torch.manual_seed(0)
+        model = modeling.Encoder(cfg, "classification")
+        modeling.init_module(model, cfg)
+        params = dict(model.named_parameters())
+        names = prune.prunable_names(model)
+        prune.apply_masks(params, prune.magnitude_masks({n: params[n] for n in names}, sparsity))
+        target = folder / f"{name}-{sparsity:g}"
+        model.save_pretrained(target)
+        for tokenizer_file in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            if (Path(tokenizer_from) / tokenizer_file).is_file():
+                (target / tokenizer_file).write_bytes((Path(tokenizer_from) / tokenizer_file).read_bytes())
+        out.append(str(target))
+    return out
+
+
 def check_flags(args):
     """Every flag's value, before any work: one sentence (files.Refused) for a value that cannot work."""
     import data
@@ -483,6 +524,7 @@ def check_flags(args):
 
 def main(argv=None):
     import argparse
+    import tempfile
     import data
     import files
     import model as modeling
@@ -504,10 +546,15 @@ def main(argv=None):
                                                                "routing, each kernel once per round in turns; the "
                                                                "median is kept (default 5)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--random", metavar="NAME:S1,S2", help="also time a model of a built-in shape (bert-base-uncased) "
+                                                        "with random weights pruned by global magnitude to each "
+                                                        "sparsity, read with the first model's tokenizer")
     ap.add_argument("--out", help="also write the table here (with the command, commit and machine on top)")
     args = ap.parse_args(argv)
-    with files.command("sparse.py", data.DataError, modeling.CheckpointError):
+    with files.command("sparse.py", data.DataError, modeling.CheckpointError), tempfile.TemporaryDirectory() as tmp:
         check_flags(args)
+        if args.random:
+            args.models += random_models(args.random, args.models[0], Path(tmp))
         plans = {folder: plan(folder, args) for folder in args.models}    # every folder, before the first timing
         lines = files.provenance("sparse.py", argv if argv is not None else sys.argv[1:],
                                  "none: timings; the inputs are the task's first dev examples (or token ids from seed 0)")

@@ -130,7 +130,7 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
     export = RUNS / "oneshot-obert-export-s0"    # what sparse.py times: the dense teacher and every export
     out.append(("inference-cpu", [sys.executable, "sparse.py", str(RUNS / "teacher-s0" / "model"),
                                   *[str(export / f"oneshot-{s:g}") for s in INFERENCE],
-                                  *(["--data-dir", data_dir] if data_dir else []),
+                                  *(["--data-dir", data_dir] if data_dir else []), "--random", "bert-base-uncased:0.9,0.97",
                                   "--out", "evidence/results/inference-cpu.txt"]))
     for b in BUDGETS:                     # the budget study: the recipe at 80% and 90%, budget by budget
         for s, p in ((0.8, "80"), (0.9, "90")):

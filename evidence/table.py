@@ -444,12 +444,14 @@ def inference_table(path: Path, oneshot: dict | None) -> str:
     run's), and at each batch size the forward's speed-up over dense routed per matrix (sparse.py's
     "fastest per matrix": a sparse kernel where it beat dense by 5%), with every Linear through CSR
     and through SparseProp, and which kernel each matrix took; the outputs' largest difference from
-    dense and the file's size."""
+    dense and the file's size. A model of a built-in shape with random weights (sparse.py --random) has
+    no accuracy."""
     rows, sizes = read_inference(path)
     accuracy_at = {f"oneshot-{r['sparsity']:g}": r["accuracy"] for r in (oneshot or {}).get("oneshot", [])}
     accuracy_at["model"] = next((r["accuracy"] for r in (oneshot or {}).get("oneshot", []) if r["sparsity"] == 0), None)
     batches = sorted({int(r["batch"]) for r in rows})
-    variants = (("fastest per matrix", "routed"), ("all csr", "all CSR"), ("all sparseprop", "all SparseProp"))
+    variants = (("fastest per matrix", "routed"), ("all csr", "all CSR"), ("all sparseprop", "all SparseProp"),
+                ("all tiled", "all tiled (ours)"))
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = {(r["kernels"], int(r["batch"])): r for r in rows if r["model"] == model}
@@ -464,7 +466,7 @@ def inference_table(path: Path, oneshot: dict | None) -> str:
                     f"{max(float(r['max |diff|']) for r in mine.values()):.0e}", *sizes.get(model, ("", ""))])
     head = [f"{label}, batch {b}" for b in batches for label in [v for _, v in variants] + ["kernels routed"]]
     return table(["model", "encoder sparsity", "dev accuracy", *head, "max abs diff from dense", "MB", "MB after zlib"],
-                 out, "lrr" + "rrrl" * len(batches) + "rrr")
+                 out, "lrr" + "rrrrl" * len(batches) + "rrr")
 
 
 def cost_table(model: str) -> str:

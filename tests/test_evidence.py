@@ -368,14 +368,16 @@ def test_inference_table_shows_every_variant_at_each_batch_size(tmp_path):
                                                                       "csr 30, dense 6"),
         (32, "dense", "1.00x", "0.00e+00", "dense 36"), (32, "all csr", "0.90x", "3.0e-08", "csr 36"),
         (32, "all sparseprop", "1.30x", "2.0e-08", "sparseprop 36"), (32, "fastest per matrix", "1.35x", "5.0e-08",
-                                                                       "dense 10, sparseprop 26")]]
+                                                                       "dense 10, sparseprop 26"),
+        (32, "all tiled", "2.10x", "4.0e-08", "tiled 36")]]
     path = tmp_path / "inference.txt"
     path.write_text("\n".join(["# command: x", head, *body, "# storage: model\tMB\tMB after zlib",
                                "# storage: oneshot-0.9\t90.9\t49.3"]) + "\n")
     text = table.inference_table(path, {"oneshot": [{"sparsity": 0.9, "accuracy": 67.66}]})
-    assert ("| oneshot-0.9 | 90% | 67.66 | 1.40x | 1.50x | 0.70x | csr 30, dense 6 | 1.35x | 0.90x | 1.30x | "
-            "dense 10, sparseprop 26 | 5e-08 | 90.9 | 49.3 |") in text
-    assert "| routed, batch 1 | all CSR, batch 1 | all SparseProp, batch 1 | kernels routed, batch 1 |" in text
+    assert ("| oneshot-0.9 | 90% | 67.66 | 1.40x | 1.50x | 0.70x |  | csr 30, dense 6 | 1.35x | 0.90x | 1.30x | "
+            "2.10x | dense 10, sparseprop 26 | 5e-08 | 90.9 | 49.3 |") in text          # batch 1 had no tiled row
+    assert ("| routed, batch 1 | all CSR, batch 1 | all SparseProp, batch 1 | all tiled (ours), batch 1 | "
+            "kernels routed, batch 1 |") in text
 
 
 def test_paper_tasks_table_gaps_from_the_teacher_and_a_stopped_run(tmp_path):

@@ -174,3 +174,22 @@ def test_the_command_refuses_a_folder_that_is_not_a_model(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "sparse.py"), str(tmp_path)], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "config.json" in done.stderr
+
+
+def test_the_command_also_times_a_random_model_of_a_built_in_shape(tmp_path, monkeypatch, capsys):
+    """--random NAME:S1,S2: prune.py's shape NAME with random weights, pruned by global magnitude to
+    each sparsity, read with the first model's tokenizer: its rows beside the exported model's."""
+    import prune
+    folder = tiny_pruned(tmp_path / "model", 0.9)
+    monkeypatch.setitem(prune.BUILTIN, "tiny-base", dict(vocab_size=99, hidden_size=64, num_hidden_layers=2,
+                                                         intermediate_size=128, max_position_embeddings=64,
+                                                         type_vocab_size=2))
+    out = tmp_path / "t.txt"
+    sparse.main([str(folder), "--random", "tiny-base:0.5,0.9", "--examples", "2", "--batch-sizes", "1,2", "--repeats",
+                 "1", "--route-repeats", "1", "--out", str(out)])
+    rows = [l.split("\t") for l in out.read_text().splitlines() if not l.startswith("#")][1:]
+    assert {(r[0], r[1]) for r in rows} == {("model", "0.9000"), ("tiny-base-0.5", "0.5000"), ("tiny-base-0.9", "0.9000")}
+    assert all(float(r[7]) <= 1e-5 for r in rows)
+    with pytest.raises(SystemExit) as e:
+        sparse.main([str(folder), "--random", "nosuch:0.9"])
+    assert e.value.code == 2 and "no built-in shape 'nosuch'" in capsys.readouterr().err
