@@ -354,6 +354,9 @@ def check_disk(args, model):
     checkpoint and model when it is trained here; --oneshot --export writes one model per sparsity."""
     out = Path(args.out_dir).absolute()
     nearest = next(p for p in (out, *out.parents) if p.exists())
+    if not nearest.is_dir():                                    # a file where a folder must be
+        raise UsageError(f"--out-dir {args.out_dir} cannot be made: {nearest} is not a folder; pass an --out-dir whose "
+                         f"parent folders exist or can be created.")
     if not os.access(nearest, os.W_OK | os.X_OK):
         raise UsageError(f"--out-dir {args.out_dir} cannot be written ({nearest} is not writable); pass a folder "
                          f"you can write to.")

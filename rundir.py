@@ -219,7 +219,7 @@ def lock_holder(out: Path) -> dict | None:
     try:
         holder = json.loads((out / LOCK).read_text())
         return holder if isinstance(holder, dict) else {}
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):    # no lock; or `out` is no folder (check_out_dir says so)
         return None
     except (OSError, ValueError):
         return {}                        # being written, or damaged: assume it is held

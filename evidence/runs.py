@@ -291,7 +291,7 @@ def rebuild(model: Path, todo: dict, M: str):
     results file yet (--only skipped it) is simply run first, and recorded."""
     name = model.relative_to(RUNS).parts[0]
     if name not in todo:
-        sys.exit(f"{model} is missing and no row of runs.py makes it: run the row that writes it.")
+        raise files.CommandError(f"{model} is missing and no row of runs.py makes it: run the row that writes it")
     ensure_models(todo[name], todo, M)                    # its own inputs first (a teacher, for the export)
     if not results_file(name, todo[name]).is_file():      # not run yet (--only skipped it): run it, record it
         print(f"\n{model} is missing and {name} has not run: running it first", flush=True)
@@ -302,11 +302,12 @@ def rebuild(model: Path, todo: dict, M: str):
     recorded = json.loads((RESULTS / f"{name}.json").read_text())
     for key in ("metric", "holdout_metric", "oneshot"):
         if accuracies(remade.get(key)) != accuracies(recorded.get(key)):
-            sys.exit(f"{name} re-run gave {key} {remade.get(key)}, its results file {recorded.get(key)}: the code "
-                     f"or the data differ from the recorded run; its students cannot be continued on this model.")
+            raise files.CommandError(f"{name} re-run gave {key} {remade.get(key)}, its results file "
+                                     f"{recorded.get(key)}: the code or the data differ from the recorded run; its "
+                                     f"students cannot be continued on this model")
     if not (ROOT / model).is_dir():
-        sys.exit(f"{name} re-ran but {model} is still missing: remove {RUNS / name} (a finished run without its "
-                 f"models) and run again.")
+        raise files.CommandError(f"{name} re-ran but {model} is still missing: remove {RUNS / name} (a finished run "
+                                 f"without its models) and run again")
     print(f"{name}: the same accuracies as its results file "
           f"({recorded.get('metric') or accuracies(recorded.get('oneshot'))}), to the last digit", flush=True)
 

@@ -22,8 +22,10 @@ by seed too. The held-out difference is taken alike, over the seeds both rows ha
 accuracy for. A speed-up is a ratio of wall times taken per seed, then averaged.
 
     python evidence/table.py                    # print every table
-    python evidence/table.py --write README.md  # paste them between the README's markers
-    python evidence/table.py --check README.md  # exit 1 if the README's tables differ
+    python evidence/table.py --write README.md evidence/README.md evidence/what-sparsity-buys.md
+                                                # paste them between the markers of each file
+    python evidence/table.py --check README.md evidence/README.md evidence/what-sparsity-buys.md
+                                                # exit 1 if any file's tables differ
 
 A --results folder without results files, a results file that is not JSON, and a --write or --check
 file without markers are refused (one sentence, exit code 2): a check that compares nothing never
@@ -320,6 +322,31 @@ def criteria_table(res: dict) -> str:
                  "lllrrrrrrrrrr")
 
 
+def headline_table(res: dict) -> str:
+    """The README's table: the teachers, each one pruned once with no training, and the recipe, each
+    at the chosen budget, by the criterion and the sparsity (dev and held-out, minus the teacher)."""
+    t = seeds_of(res, "teacher")
+    rows = [["dense teacher (fine-tuned, 376 steps)", "0%", cell(accuracy(t)), "", cell(holdout(t)), "", str(len(t))]]
+    for label, name in (("one shot by magnitude (no training)", "oneshot-gmp"), ("one shot by oBERT (no training)",
+                                                                                  "oneshot-obert")):
+        r = seeds_of(res, name)
+        held = lambda x, s: next(o["holdout_accuracy"] for o in x["oneshot"] if o["sparsity"] == s)
+        rows.append([label, "80%", cell([oneshot_accuracy(x, 0.8) for x in r]),
+                     cell([oneshot_accuracy(x, 0.8) - oneshot_accuracy(x, 0.0) for x in r]), cell([held(x, 0.8) for x in r]),
+                     cell([held(x, 0.8) - held(x, 0.0) for x in r]), str(len(r))])
+    for p, criteria in (("80", ("gmp", "movement", "wanda", "obert")), ("90", ("gmp", "obert"))):
+        for c in criteria:
+            name = at_budget(f"{c}{p}", "")
+            r = seeds_of(res, name)
+            label = {"gmp": "the recipe, GMP (magnitude)", "movement": "the recipe with movement",
+                     "wanda": "the recipe with Wanda", "obert": "the recipe with oBERT"}[c]
+            rows.append([f"{label}, {runs.CHOSEN_BUDGET * 376} steps", f"{p}%", cell(accuracy(r)),
+                         cell(teacher_gaps(res, r)), cell(holdout(r)), cell(gaps(res, name, "holdout_metric")),
+                         str(len(r))])
+    return table(["SST-2, all-MiniLM-L6-v2 (22M), 2 CPU cores", "encoder sparsity", "dev accuracy", "minus its teacher",
+                  "held-out accuracy", "minus its teacher", "seeds"], rows, "lrrrrrr")
+
+
 def first_cut_table(res: dict) -> str:
     """evidence/first_cut.py: the recipe's first cut (30% of every matrix after its 50 dense steps) by
     four criteria, the student's dev accuracy right after and after 100 more steps of the recipe."""
@@ -554,7 +581,7 @@ def render(folder: Path = RESULTS) -> dict[str, str]:
     paper = {n.removeprefix("paper-"): r for n, r in every.items() if n.startswith("paper-")}   # paper_tasks.py
     out = {"cost-bert-base": cost_table("bert-base-uncased"), "cost-roberta-large": cost_table("roberta-large"),
            "budget": budget_table(res), "sst2": chosen_table(res), "guidelines": guidelines_table(res),
-           "short-budget": short_budget_table(old), "oneshot": oneshot_table(old), "criteria": criteria_table(every), "first-cut": first_cut_table(every), "wall": wall_table(old),
+           "short-budget": short_budget_table(old), "oneshot": oneshot_table(old), "criteria": criteria_table(every), "first-cut": first_cut_table(every), "headline": headline_table(every), "wall": wall_table(old),
            "softmax": softmax_table(res), "compute": compute_table(res),
            "paper-tasks": paper_table(paper)}
     for name in ("bench-cpu", "bench-cpu-sparse"):
@@ -577,8 +604,8 @@ def paste(readme: str, tables: dict[str, str]) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(RESULTS), help="folder of results files (default evidence/results)")
-    p.add_argument("--write", metavar="README", help="paste the tables between the README's markers")
-    p.add_argument("--check", metavar="README", help="exit 1 if the README's marked tables differ")
+    p.add_argument("--write", metavar="README", nargs="+", help="paste the tables between the markers of each file")
+    p.add_argument("--check", metavar="README", nargs="+", help="exit 1 if a file's marked tables differ")
     args = p.parse_args(argv)
     with files.command("table.py"):
         if args.write and args.check:
@@ -587,28 +614,38 @@ def main(argv=None):
         if not folder.is_dir() or not any(folder.glob("*.json")):     # tables of "not run" are no result
             raise files.Refused(f"--results {folder} " + ("holds no results files (NAME.json)" if folder.is_dir() else
                                 "is not a folder") + "; pass the folder that evidence/runs.py writes them to")
-        path = Path(args.write or args.check or ".")
-        flag = "--write" if args.write else "--check"
-        if (args.write or args.check) and not path.is_file():
-            raise files.Refused(f"{flag} {path} is not a file; pass the README that carries the tables' markers")
-        before = path.read_text() if args.write or args.check else ""
-        if (args.write or args.check) and not MARK.search(before):    # nothing to compare is no pass
-            raise files.Refused(f"{flag} {path} has no table markers (<!-- table: NAME --> ... <!-- /table -->); "
-                                f"pass the README that carries them")
-        tables = render(folder)
-        if not (args.write or args.check):
+        flag, paths = ("--write", args.write) if args.write else ("--check", args.check or [])
+        befores = {}
+        for path in map(Path, paths):                  # every file checked before any is written
+            if not path.is_file():
+                raise files.Refused(f"{flag} {path} is not a file; pass the README that carries the tables' markers")
+            befores[path] = path.read_text()
+            if not MARK.search(befores[path]):           # nothing to compare is no pass
+                raise files.Refused(f"{flag} {path} has no table markers (<!-- table: NAME --> ... <!-- /table -->); "
+                                    f"pass the README that carries them")
+        try:
+            tables = render(folder)
+        except KeyError as e:                       # a results file of the right name without what a table reads
+            raise files.Refused(f"a results file in {folder} lacks {e.args[0]!r}, which the tables read; run the run "
+                                f"that wrote it again (evidence/runs.py --only NAME)") from None
+        if not paths:
             for name, text in tables.items():
                 print(f"<!-- table: {name} -->\n{text}\n<!-- /table -->\n")
             return
-        try:
-            after = paste(before, tables)
-        except KeyError as e:            # a marker of a table this script does not make
-            raise files.Refused(f"{path}: {e.args[0]}; remove the marker, or add the table here") from None
-        if args.write:
-            files.write_result(path, after, files.README, flag="--write")
-            print(f"{path}: {len(MARK.findall(after))} tables written", flush=True)
-        elif after != before:
-            sys.exit(f"{path}'s tables differ from evidence/table.py's; run: python evidence/table.py --write {path}")
+        afters = {}
+        for path, before in befores.items():
+            try:
+                afters[path] = paste(before, tables)
+            except KeyError as e:            # a marker of a table this script does not make
+                raise files.Refused(f"{path}: {e.args[0]}; remove the marker, or add the table here") from None
+        differ = [str(path) for path in afters if afters[path] != befores[path]]
+        for path, after in afters.items():
+            if args.write:
+                files.write_result(path, after, files.README, flag="--write")
+                print(f"{path}: {len(MARK.findall(after))} tables written", flush=True)
+        if args.check and differ:
+            sys.exit(f"{', '.join(differ)}: tables differ from evidence/table.py's; run: python evidence/table.py "
+                     f"--write {' '.join(differ)}")
 
 
 if __name__ == "__main__":

@@ -264,7 +264,8 @@ def test_3_table_check_or_write_on_a_file_without_markers_is_refused(tmp_path, r
 
 @pytest.mark.parametrize("case, message", [("missing results", "is not a folder"), ("empty results", "holds no results"),
                                            ("not JSON", "teacher-s0.json is not a readable JSON results file"),
-                                           ("missing README", "is not a file"), ("both", "pass one of them")])
+                                           ("missing README", "is not a file"), ("both", "pass one of them"),
+                                           ("a field missing", "lacks 'metric', which the tables read")])
 def test_2_table_bad_inputs_are_one_sentence_and_the_readme_is_kept(tmp_path, results, capsys, case, message):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- table: compute -->\nold\n<!-- /table -->\n")
@@ -272,6 +273,9 @@ def test_2_table_bad_inputs_are_one_sentence_and_the_readme_is_kept(tmp_path, re
     (tmp_path / "empty").mkdir()
     if case == "not JSON":
         (results / "teacher-s0.json").write_text("{half")
+    if case == "a field missing":                       # JSON, and a record, but not one the tables can read
+        record = json.loads((results / "teacher-s0.json").read_text())
+        (results / "teacher-s0.json").write_text(json.dumps({k: v for k, v in record.items() if k != "metric"}))
     argv = ["--results", str(folder), "--write", str(tmp_path / "nope.md" if case == "missing README" else readme)]
     line = one_sentence(table.main, argv + (["--check", str(readme)] if case == "both" else []), capsys, "table.py")
     assert message in line and readme.read_text() == "<!-- table: compute -->\nold\n<!-- /table -->\n"
@@ -315,7 +319,8 @@ def test_1_figures_are_not_drawn_from_no_results(tmp_path, capsys, monkeypatch):
 
 # 4. rundir.py: a dangling symbolic link as --out-dir is named as one ------------------------------------------
 
-@pytest.mark.parametrize("where, message", [("link", "is a symbolic link to"), ("link/run", "link is not a folder")])
+@pytest.mark.parametrize("where, message", [("link", "is a symbolic link to"), ("link/run", "link is not a folder"),
+                                            ("afile/run", "afile is not a folder")])
 def test_4_an_out_dir_that_cannot_be_a_folder_is_named(tmp_path, tiny_bert_with_vocab, capsys, where, message):
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     (tmp_path / "afile").write_text("a user's file\n")
@@ -351,3 +356,16 @@ def test_5_the_file_a_split_is_read_from_is_printed(tmp_path, capsys):
     (tmp_path / "train.tsv").write_text("sentence\tlabel\nfine\t1\nok\t1\n")
     assert len(data.load_split(data.TASKS["sst2"], "train", tmp_path)) == 1
     assert capsys.readouterr().out == f"sst2 train: read 1 example from {tmp_path / 'sst2' / 'train.tsv'}\n"
+
+
+def test_2_a_rebuild_that_cannot_be_made_is_one_sentence(tmp_path, capsys, monkeypatch):
+    """runs.py remakes a missing model only from a row that writes it: else one sentence, exit 2."""
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    cmd = ["python", "train.py", "--teacher", "runs/evidence/nosuch-s0/model", "--out-dir", "runs/evidence/x"]
+    line = one_sentence(lambda argv: files_command(lambda: runs.ensure_models(cmd, {}, "/M")), [], capsys, "runs.py")
+    assert "runs/evidence/nosuch-s0/model is missing and no row of runs.py makes it" in line
+
+
+def files_command(work):
+    with files.command("runs.py"):
+        work()
