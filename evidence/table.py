@@ -307,6 +307,8 @@ def statistic_once(records: list[dict]) -> str:
 def criteria_table(res: dict) -> str:
     """The four rungs of the saliency ladder on this miniature: each teacher pruned in one shot (no
     training), and the recipe with each criterion in place of GMP at 80% and the chosen budget."""
+    if runs.CHOSEN_BUDGET is None:
+        return "not run: the budget study chooses the budget first"
     rows = []
     for criterion, scope, reads, oneshot, gradual in CRITERIA_ROWS:
         once = seeds_of(res, oneshot) if oneshot else []
@@ -325,6 +327,8 @@ def criteria_table(res: dict) -> str:
 def headline_table(res: dict) -> str:
     """The README's table: the teachers, each one pruned once with no training, and the recipe, each
     at the chosen budget, by the criterion and the sparsity (dev and held-out, minus the teacher)."""
+    if runs.CHOSEN_BUDGET is None:
+        return "not run: the budget study chooses the budget first"
     t = seeds_of(res, "teacher")
     rows = [["dense teacher (fine-tuned, 376 steps)", "0%", cell(accuracy(t)), "", cell(holdout(t)), "", str(len(t))]]
     for label, name in (("one shot by magnitude (no training)", "oneshot-gmp"), ("one shot by oBERT (no training)",

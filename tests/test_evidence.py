@@ -341,7 +341,7 @@ def test_rebuild_remakes_an_export_and_checks_its_one_shot_accuracies(tmp_path, 
     import shutil
     shutil.rmtree(tmp_path / "runs/evidence/oneshot-obert-export-s0")
     monkeypatch.setattr(runs, "run", lambda name, cmd, M: fake_run(name, cmd, M, accuracy=82.7))
-    with pytest.raises(SystemExit, match="oneshot"):                         # another accuracy: not the run on record
+    with pytest.raises(runs.files.CommandError, match="oneshot"):   # another accuracy: not the run on record
         runs.rebuild(runs.RUNS / "oneshot-obert-export-s0" / "oneshot-0.5", todo, "/M")
 
 
