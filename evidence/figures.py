@@ -1,4 +1,4 @@
-"""The README's figures, drawn from the committed results files and from schedule.py.
+"""The evidence's figures (README.md, evidence/README.md), drawn from the committed results files and from schedule.py.
 
 - recovery.png: guideline 2 as the paper states it: the recipe's accuracy at 80% and 90% against
   the student's budget (in teacher budgets), dev and held-out, mean ± std over seeds, with the

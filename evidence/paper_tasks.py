@@ -28,9 +28,9 @@ the last lines it printed, and the script then exits 1 naming it. A run whose re
 finished is not run again (a teacher is, if its model is not on this machine).
 
 Records go to evidence/results/paper-NAME.json, in runs.py's format (its trim()), plus whether the
-run finished or was stopped, the GPU, and the seconds. evidence/table.py makes the README's table of
-them. A finished record is never replaced by that of a run that did not finish (a teacher re-run for
-its model on a machine without the data or the hub, say): that record goes beside the run's folder,
+run finished or was stopped, the GPU, and the seconds. evidence/table.py makes evidence/README.md's
+table of them. A finished record is never replaced by that of a run that did not finish (a teacher
+re-run for its model on a machine without the data or the hub, say): that record goes beside the run's folder,
 --runs-dir/NAME.unfinished.json (runs/: git-ignored), and the finished one stays. Records are written by
 files.py's rule (created, or replacing only a record of ours, atomically).
 

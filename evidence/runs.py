@@ -1,4 +1,4 @@
-"""The exact commands behind every number in the README's evidence section.
+"""The exact commands behind every number in the evidence (evidence/README.md and the README's table).
 
 Each run is one row of `rows`: a name and the arguments it passes to train.py (or to
 evidence/softmax.py). `python evidence/runs.py` runs, one after another, every run whose results
@@ -7,7 +7,8 @@ and then writes evidence/results/NAME.json: train.py's results.json trimmed to w
 need (with the resolved arguments and the accuracy after every pruning cycle), plus the exact
 command, the commit, the seed and the machine that made it. A finished result is never run
 again, so an interrupted session loses only the run in flight. `python evidence/table.py` turns
-the results files into the README's tables, `evidence/figures.py` into its figures.
+the results files into the tables of the README and evidence/README.md, `evidence/figures.py` into
+the figures.
 
 The miniature, at the recipe's proportions (2 CPU cores): the real all-MiniLM-L6-v2 weights
 (6 layers, 384 wide), the first 6000 SST-2 training sentences, batch 32, scored on the full
@@ -26,7 +27,7 @@ guideline comparison at 80% and the chosen budget came out under 1 point (all bu
 budgets against 2 and 8 against 4 (at 80% and 90%) and, at 90%, the naive cubic and no KD. The other
 90% guideline rows have 3 seeds only. The extra runs come after every 3-seed run, seed 3's (its
 teacher first) before seed 4's, so that an interrupted queue still leaves paired comparisons over 4
-seeds. (Runs not yet made are listed by --list; the README says which.)
+seeds. (Runs not yet made are listed by --list; evidence/README.md says which.)
 
 inference-cpu is sparse.py timing the teacher and its one-shot oBERT exports (oneshot-obert-export-s0)
 on this CPU: its results file is sparse.py's own text, evidence/results/inference-cpu.txt, written
@@ -71,7 +72,7 @@ TEACHER_EPOCHS = 2                               # one teacher budget: 376 steps
 BUDGETS = (1, 2, 4, 8)                           # the budget study: student budgets, in teacher budgets
 INFERENCE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97)     # one-shot sparsities exported for sparse.py's timings
 FIRST_JUMP = 0.3                                 # train.py's s_i for MiniLM's 6 layers (schedule.initial_sparsity)
-CHOSEN_BUDGET = 2                                # the budget the study chose (README): the largest this machine affords
+CHOSEN_BUDGET = 2                                # the budget the study chose (evidence/README.md): the largest this machine affords
 CURVE = (0.5, 0.7)                               # the recipe below 80% at the chosen budget: where it recovers
 ONESHOT = (0.5, 0.7, 0.8, 0.9)                   # the one-shot table's sparsities
 CRITERIA = ("movement", "wanda")                 # the recipe with these in place of GMP (oBERT is a guideline row)
@@ -115,8 +116,8 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
                                         str(RUNS / f"teacher-s{k}" / "model"), "--model", M,
                                         *(["--data-dir", data_dir] if data_dir else []), "--seed", str(k),
                                         "--out", str(RUNS / f"first-cut-s{k}.json")]))
-    # the teacher pruned in one shot by oBERT, each sparsity exported: what sparse.py times (README, What
-    # sparsity buys)
+    # the teacher pruned in one shot by oBERT, each sparsity exported: what sparse.py times
+    # (evidence/what-sparsity-buys.md)
     add("oneshot-obert-export", C + ["--model", "{teacher}", "--method", "obert", "--oneshot", ",".join(map(str, INFERENCE)),
                                      "--export"], seeds=SEEDS[:1])
     # each teacher pruned in one shot by each criterion, with its paper's scope (and Wanda globally,

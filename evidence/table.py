@@ -1,9 +1,10 @@
-"""The README's evidence tables, made from the committed results files and nothing else.
+"""The evidence's tables, made from the committed results files and nothing else.
 
 evidence/runs.py runs the miniature and writes one file per run to evidence/results/ (NAME.json,
 NAME being the row and the seed, `gmp80-b2-s1`); bench.py's output is kept there as bench-*.txt.
-This script reads them and prints every table of the README's evidence, benchmark and
-what-sparsity-buys sections, each between two markers that the README carries:
+This script reads them and prints every table of the README (its headline table), of the evidence
+report (evidence/README.md) and of evidence/what-sparsity-buys.md, each between two markers that
+the page carries:
 
     <!-- table: NAME -->
     | ... the table ... |
