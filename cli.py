@@ -33,6 +33,7 @@ import distill
 import model as modeling
 import obert
 import prune
+import sparse
 import sparse_backprop
 from rundir import UsageError, check_out_dir, read_checkpoint
 from schedule import initial_sparsity
@@ -169,9 +170,10 @@ def add_run_args(a):
     a("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype; auto = bf16 on CUDA")
     a("--compile", action="store_true", help="torch.compile the model for training")
-    a("--sparse-backprop", action="store_true", help="CPU: run the encoder's Linears that are >= 80%% sparse through "
-                                                     "SparseProp's kernels where measured faster (training and "
-                                                     "evaluation); needs `pip install sparseprop` (see sparse_backprop.py)")
+    a("--sparse-backprop", action="store_true", help="CPU: train the encoder's Linears that are >= 80%% sparse "
+                                                     "through SparseProp's kernels where measured faster, and evaluate "
+                                                     "them through this project's (sparse_kernel.cpp); needs `pip "
+                                                     "install sparseprop` (see sparse_backprop.py)")
     a("--no-group-by-length", action="store_true", help="batches in plain shuffled order, not grouped by length "
                                                         "(grouping pads less: more real tokens per second)")
     a("--max-steps", type=int, help="cap on optimizer steps per phase (schedules scale to it)")
@@ -485,7 +487,8 @@ def check_keeps_some(args, model):
 def notes_on(args, model) -> list[str]:
     """What a user should know before the run about the model they passed (train.py prints each line;
     the run goes on): an encoder already pruned further than this run's target, whose zeros are not
-    masks here; and weights stored in half precision, which the run trains and exports in float32."""
+    masks here; weights stored in half precision, which the run trains and exports in float32; and
+    --sparse-backprop where this project's inference kernel cannot be built for its evaluations."""
     notes = []
     names = prune.prunable_names(model)
     zeros = sum(int((model.get_parameter(n) == 0).sum()) for n in names) / sum(model.get_parameter(n).numel()
@@ -500,6 +503,9 @@ def notes_on(args, model) -> list[str]:
     if stored in ("float16", "bfloat16"):
         notes.append(f"--model {args.model} is stored in {stored}; this run trains and exports in float32, a file "
                      f"twice its size (transformers' .half() makes a float16 copy of the export)")
+    if args.sparse_backprop and sparse.build_tiled_kernel()[0] is None:
+        notes.append(f"--sparse-backprop evaluates through SparseProp's kernels: this project's inference kernel "
+                     f"could not be built ({sparse.build_tiled_kernel()[1]}; it needs a C++ compiler and ninja)")
     return notes
 
 

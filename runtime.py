@@ -150,11 +150,6 @@ def evaluate(model, d, batch_size, rt, holdout=False):
     return data.score(d.task, examples, features, outputs)
 
 
-def holdout_metric(model, d, batch_size, rt) -> dict | None:
-    """The metric on the --holdout examples, or None without them."""
-    return evaluate(model, d, batch_size, rt, holdout=True) if d.holdout_examples else None
-
-
 def log(rt, text):
     if rt.rank == 0:
         print(text, flush=True)

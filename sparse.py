@@ -28,6 +28,7 @@ it beats dense by ROUTE_MARGIN (5%).
 
     pip install pybind11 && pip install --no-build-isolation sparseprop==0.1.14
 """
+import contextlib
 import functools
 import json
 import os
@@ -151,6 +152,29 @@ def kernel_state(linear) -> dict:
 def restore_kernel(linear, state: dict):
     use_dense(linear)
     vars(linear).update(state)
+
+
+@contextlib.contextmanager
+def inference_kernels(model, min_sparsity: float):
+    """Within the block, every Linear of `model` at least `min_sparsity` sparse computes through this
+    project's kernel, its index built from the weights as they are now; after it, each is back on
+    the kernel it had. For evaluating a model that trains through other kernels (train.py
+    --sparse-backprop; in evidence/results/inference-cpu.txt this kernel's forward beats SparseProp's
+    on all but a few of the sparsest matrices, and dense's on most matrices from 80%): the kernel has
+    no backward, and training changes the weights between two evaluations, so the index is built at
+    each. Where the kernel cannot be built, nothing changes (cli.py says so before the run)."""
+    saved = {}
+    try:
+        if build_tiled_kernel()[0] is not None:
+            for linear in model.modules():           # at least round(s·n) zeros, as sparse_backprop.route counts
+                if isinstance(linear, torch.nn.Linear) and \
+                        int((linear.weight == 0).sum()) >= round(min_sparsity * linear.weight.numel()):
+                    saved[linear] = kernel_state(linear)
+                    use_tiled(linear)
+        yield
+    finally:
+        for linear, state in saved.items():
+            restore_kernel(linear, state)
 
 
 def available_kernels() -> tuple:

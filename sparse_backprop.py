@@ -15,9 +15,10 @@ pruned weight is 0, as prune.mask_gradients would make it).
 How train.py uses it (--sparse-backprop, CPU only): after every pruning step `route` builds each
 encoder Linear's CSR index from its mask, keeps it dense below 80% sparsity, and above it times
 one forward and backward of each kernel on a batch-sized input and keeps the faster (SparseProp's
-own rule). A routed Linear computes with the same weight tensor through `SparseLinearFunction`;
-evaluation goes through the same kernels. The index changes only when the masks do, so it is
-built there, and on resume, where `follow` repeats the checkpoint's choices without timing.
+own rule). A routed Linear computes with the same weight tensor through `SparseLinearFunction`.
+The index changes only when the masks do, so it is built there, and on resume, where `follow`
+repeats the checkpoint's choices without timing. Evaluation, a forward pass only, goes through
+sparse.py's faster inference kernel instead (`sparse.inference_kernels`, from train.evaluate).
 
 sparse.py holds the inference kernels (and uses `use_sparse` for SparseProp's forward among them);
 rundir.py saves which Linears `route` sent through these kernels, so that `follow` can repeat it.

@@ -40,6 +40,7 @@ import math
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ import obert
 import prune
 import rundir
 import runtime
+import sparse
 import sparse_backprop
 from rundir import UsageError
 from schedule import Schedule
@@ -215,7 +217,7 @@ def fit(phase, model, teacher, d, sched, args, rt, later=0) -> Fitted:
                        (label, first, sched.total_steps, later))
         t = time.time()
         if done in cycle_ends and rt.rank == 0:
-            metric = runtime.evaluate(model, d, 2 * args.batch_size, rt)
+            metric = evaluate(model, d, args, rt)
             what = "end of the dense phase" if sched.sparsity_at(step) == 0 else "end of a pruning cycle"
             runtime.log(rt, f"{label}: step {done} ({what}) eval {metric}")
             runtime.log_record(rt, log_file, {"phase": phase, "step": done, "sparsity": round(sched.sparsity_at(step), 4),
@@ -229,6 +231,18 @@ def fit(phase, model, teacher, d, sched, args, rt, later=0) -> Fitted:
             return Fitted(masks, tokens_per_s(), True, time.time() - t0)
         step += 1
     return Fitted(masks, tokens_per_s(), False, time.time() - t0)
+
+
+def evaluate(model, d, args, rt, holdout=False) -> dict | None:
+    """The metric on dev (or on the --holdout examples: None without them), in batches of twice the
+    training batch. Under --sparse-backprop the Linears at least 80% sparse compute it through this
+    project's inference kernel (sparse.inference_kernels), faster than training's kernels' forward,
+    and go back to those after it."""
+    if holdout and not d.holdout_examples:
+        return None
+    kernels = sparse.inference_kernels(model, sparse_backprop.MIN_SPARSITY) if args.sparse_backprop else nullcontext()
+    with kernels:
+        return runtime.evaluate(model, d, 2 * args.batch_size, rt, holdout)
 
 
 def start_running(model, sched, args) -> dict | None:
@@ -362,8 +376,8 @@ def get_teacher(args, d, rt, later=0):
     if rt.rank == 0:
         runtime.log(rt, f"evaluating the teacher on {len(d.eval_features)} dev examples"
                         + (f" and {len(d.holdout_features)} held-out" if d.holdout_features else ""))
-        scores = {"teacher_metric": runtime.evaluate(teacher, d, 2 * args.batch_size, rt),
-                  "teacher_holdout_metric": runtime.holdout_metric(teacher, d, 2 * args.batch_size, rt)}
+        scores = {"teacher_metric": evaluate(teacher, d, args, rt),
+                  "teacher_holdout_metric": evaluate(teacher, d, args, rt, holdout=True)}
     runtime.log(rt, f"teacher {folder}: {scores['teacher_metric']}")
     return teacher, scores
 
@@ -378,13 +392,13 @@ def export(student, fitted, teacher_scores, d, args, rt, start):
     if bad:
         raise NonFinite(f"the student's {bad[0]} holds NaN or inf after training; nothing was exported: lower --lr")
     runtime.log(rt, "evaluating the student and exporting it")
-    metric = runtime.evaluate(student, d, 2 * args.batch_size, rt)
+    metric = evaluate(student, d, args, rt)
     rundir.save_model(student, args.model_folder, out, "model")
     report = prune.sparsity_report(student, fitted.masks, runtime.pruned_by(args))
     method = prune.METHODS[args.method]
     notes = runtime.what_it_tells(d, {"the teacher": teacher_scores.get("teacher_metric"), "the student": metric})
     results = {"task": args.task, "method": args.method, "scope": args.scope, "statistic": method.reads, "metric": metric,
-               "holdout_metric": runtime.holdout_metric(student, d, 2 * args.batch_size, rt),
+               "holdout_metric": evaluate(student, d, args, rt, holdout=True),
                **teacher_scores,
                "sparsity": prune.sparsity_by_component(student), "target_sparsity": args.sparsity,
                "tokens_per_s": round(fitted.tokens_per_s, 1), "student_seconds": round(fitted.seconds, 1),
@@ -482,9 +496,9 @@ def oneshot(args, d, rt):
     out = Path(args.out_dir)
     method = prune.METHODS[args.method]
     dense = runtime.load_model(args.model_folder, d.task, args.seed, rt.device).eval()
-    metric = runtime.evaluate(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None
+    metric = evaluate(dense, d, args, rt) if rt.rank == 0 else None
     rows = [{"sparsity": 0.0, "encoder_sparsity": prune.sparsity_by_component(dense)["encoder"], "metric": metric,
-             "holdout_metric": runtime.holdout_metric(dense, d, 2 * args.batch_size, rt) if rt.rank == 0 else None,
+             "holdout_metric": evaluate(dense, d, args, rt, holdout=True) if rt.rank == 0 else None,
              "seconds": 0.0}]
     stats, stats_seconds = None, 0.0
     if prune.gathered(method) and args.recomputations == 1:
@@ -502,8 +516,8 @@ def oneshot(args, d, rt):
         seconds = time.time() - t0
         if rt.rank == 0:
             rows.append({"sparsity": s, "encoder_sparsity": prune.sparsity_by_component(model)["encoder"],
-                         "metric": runtime.evaluate(model, d, 2 * args.batch_size, rt),
-                         "holdout_metric": runtime.holdout_metric(model, d, 2 * args.batch_size, rt), "seconds": round(seconds, 1)})
+                         "metric": evaluate(model, d, args, rt), "holdout_metric": evaluate(model, d, args, rt, holdout=True),
+                         "seconds": round(seconds, 1)})
             runtime.log(rt, f"one-shot {s:g}: {rows[-1]['metric']} ({seconds:.0f} s)")
             if args.export:
                 rundir.save_model(model, args.model_folder, out, f"oneshot-{s:g}", fix=ONESHOT_FIX)

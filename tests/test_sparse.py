@@ -83,9 +83,12 @@ def prefer_sparse(monkeypatch):
 def test_sparse_backprop_run_equals_the_dense_run(tmp_path, tiny_bert_with_vocab, monkeypatch):
     """Target 0.8, per matrix: each first reaches 80% at one of the last pruning steps, so both runs
     are bit-identical until then; at the first step through the kernels the gradients must agree to
-    float rounding, and the runs end with the same masks, metric and (within AdamW's steps) weights."""
+    float rounding, and the runs end with the same masks, metric and (within AdamW's steps) weights.
+    The sparse run evaluates through this project's inference kernel, and trains on after it."""
     prefer_sparse(monkeypatch)
-    calls, grads = [], {"dense": [], "sparse": []}
+    calls, grads, evaluated = [], {"dense": [], "sparse": []}, []
+    tiled_forward = sparse.tiled_forward                                     # evaluation's kernel (>= 80% sparse)
+    monkeypatch.setattr(sparse, "tiled_forward", lambda lin, x: evaluated.append(len(calls)) or tiled_forward(lin, x))
     apply = sparse_backprop.SparseLinearFunction.apply
     monkeypatch.setattr(sparse_backprop.SparseLinearFunction, "apply", lambda *a: calls.append(1) or apply(*a))
     masked_gradients = train.masked_gradients
@@ -104,7 +107,7 @@ def test_sparse_backprop_run_equals_the_dense_run(tmp_path, tiny_bert_with_vocab
               "--keep-checkpoints"]
     for run in ("dense", "sparse"):
         train.main(common + ["--out-dir", str(tmp_path / run)] + (["--sparse-backprop"] if run == "sparse" else []))
-        assert bool(calls) == (run == "sparse")                                # the kernels ran, in that run only
+        assert bool(calls) == (run == "sparse") == bool(evaluated)             # the kernels ran, in that run only
     first = next(i for i, (a, b) in enumerate(zip(grads["dense"], grads["sparse"])) if a.keys() and
                  not all(torch.equal(a[n], b[n]) for n in a))
     assert first == routed_at[0] >= 22                                         # bit-identical until the kernels run
@@ -116,6 +119,24 @@ def test_sparse_backprop_run_equals_the_dense_run(tmp_path, tiny_bert_with_vocab
         assert torch.allclose(a["model"][n], b["model"][n], rtol=0, atol=1e-4), n        # 4 steps x 2 lr
     ra, rb = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("dense", "sparse"))
     assert ra["metric"] == rb["metric"] and ra["sparsity"] == rb["sparsity"]
+
+
+def test_sparse_backprop_evaluates_through_the_inference_kernel_and_trains_on_through_sparseprop(
+        tmp_path, tiny_bert_with_vocab, monkeypatch):
+    """A first jump to 85%: every matrix is routed from the first pruning step on, so each evaluation at
+    the end of a cycle runs this project's kernel, and the training steps after it run SparseProp's
+    again (that the block restores each Linear's own kernel is test_sparse_kernel.py's)."""
+    prefer_sparse(monkeypatch)
+    timeline = []
+    apply, tiled_forward = sparse_backprop.SparseLinearFunction.apply, sparse.tiled_forward
+    monkeypatch.setattr(sparse_backprop.SparseLinearFunction, "apply", lambda *a: timeline.append("train") or apply(*a))
+    monkeypatch.setattr(sparse, "tiled_forward", lambda lin, x: timeline.append("eval") or tiled_forward(lin, x))
+    train.main(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--data-dir", str(Path(__file__).parent / "fixtures"),
+                "--batch-size", "1", "--epochs", "10", "--sparsity", "0.9", "--init-sparsity", "0.85", "--scope", "layer",
+                "--no-kd", "--sparse-backprop", "--out-dir", str(tmp_path / "run")])
+    first_eval = timeline.index("eval")
+    assert "train" in timeline[first_eval:] and timeline[-1] == "eval"         # trained on; the export's evaluation
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["metric"]
 
 
 def test_sparse_backprop_is_refused_on_a_gpu_and_with_compile(tmp_path, tiny_bert_with_vocab, capsys):

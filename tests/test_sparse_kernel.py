@@ -76,3 +76,26 @@ def test_the_kernel_uses_the_weights_it_was_given_and_refuses_to_train():
 def test_predicted_speedup_is_amdahls_law():
     assert sparse.predicted_speedup(10.0, [6.0, 2.0], [1.0, 1.0]) == pytest.approx(10.0 / 4.0)
     assert sparse.predicted_speedup(5.0, [], []) == 1.0
+
+
+def test_inference_kernels_route_the_sparse_linears_for_the_block_and_restore_theirs(monkeypatch):
+    """train.py --sparse-backprop's evaluation: within the block, the Linears with at least round(0.8·n)
+    zeros compute through the kernel (from their weights now), the others as they were; after it each
+    is back on its own kernel (dense here; SparseProp's where routed: test_sparse.py's run), and where
+    the kernel cannot be built nothing changes."""
+    sparse_one, dense_one = pruned_linear(40, 30, 0.9), pruned_linear(40, 40, 0.5, seed=1)
+    with torch.no_grad():                               # exactly 80%: the rule counts zeros, not a float
+        edge = torch.nn.Linear(40, 5)
+        edge.weight.view(-1)[torch.randperm(200, generator=torch.Generator().manual_seed(3))[:160]] = 0.0
+    model = torch.nn.Sequential(sparse_one, torch.nn.ReLU(), dense_one, edge)
+    x = torch.randn(3, 7, 30, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = model(x)
+        with sparse.inference_kernels(model, 0.8):
+            assert [vars(m).get("kernel") for m in (sparse_one, dense_one, edge)] == ["tiled", None, "tiled"]
+            assert torch.allclose(model(x), want, rtol=1e-5, atol=1e-5)
+        assert all("kernel" not in vars(m) and "forward" not in vars(m) for m in (sparse_one, dense_one, edge))
+        assert torch.equal(model(x), want)
+        monkeypatch.setattr(sparse, "build_tiled_kernel", lambda: (None, "no compiler"))
+        with sparse.inference_kernels(model, 0.8):
+            assert all("kernel" not in vars(m) for m in (sparse_one, dense_one, edge))
