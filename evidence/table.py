@@ -633,6 +633,8 @@ def main(argv=None):
         except KeyError as e:                       # a results file of the right name without what a table reads
             raise files.Refused(f"a results file in {folder} lacks {e.args[0]!r}, which the tables read; run the run "
                                 f"that wrote it again (evidence/runs.py --only NAME)") from None
+        except ValueError as e:                     # bench.py's output in columns it does not print
+            raise files.Refused(f"{e}; make that file again with the command at its top") from None
         if not paths:
             for name, text in tables.items():
                 print(f"<!-- table: {name} -->\n{text}\n<!-- /table -->\n")

@@ -265,7 +265,8 @@ def test_3_table_check_or_write_on_a_file_without_markers_is_refused(tmp_path, r
 @pytest.mark.parametrize("case, message", [("missing results", "is not a folder"), ("empty results", "holds no results"),
                                            ("not JSON", "teacher-s0.json is not a readable JSON results file"),
                                            ("missing README", "is not a file"), ("both", "pass one of them"),
-                                           ("a field missing", "lacks 'metric', which the tables read")])
+                                           ("a field missing", "lacks 'metric', which the tables read"),
+                                           ("a bench label too long", "a label longer than bench.py's 84 columns")])
 def test_2_table_bad_inputs_are_one_sentence_and_the_readme_is_kept(tmp_path, results, capsys, case, message):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- table: compute -->\nold\n<!-- /table -->\n")
@@ -276,6 +277,8 @@ def test_2_table_bad_inputs_are_one_sentence_and_the_readme_is_kept(tmp_path, re
     if case == "a field missing":                       # JSON, and a record, but not one the tables can read
         record = json.loads((results / "teacher-s0.json").read_text())
         (results / "teacher-s0.json").write_text(json.dumps({k: v for k, v in record.items() if k != "metric"}))
+    if case == "a bench label too long":              # bench.py's columns: an 84-character label, then numbers
+        (results / "bench-cpu.txt").write_text(f"{'x' * 90} 1.0 2.0 0.5 info\n")
     argv = ["--results", str(folder), "--write", str(tmp_path / "nope.md" if case == "missing README" else readme)]
     line = one_sentence(table.main, argv + (["--check", str(readme)] if case == "both" else []), capsys, "table.py")
     assert message in line and readme.read_text() == "<!-- table: compute -->\nold\n<!-- /table -->\n"
