@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cli
 import data
 import sparse
 import sparse_backprop
@@ -137,6 +138,19 @@ def test_sparse_backprop_evaluates_through_the_inference_kernel_and_trains_on_th
     first_eval = timeline.index("eval")
     assert "train" in timeline[first_eval:] and timeline[-1] == "eval"         # trained on; the export's evaluation
     assert json.loads((tmp_path / "run" / "results.json").read_text())["metric"]
+
+
+def test_sparse_backprop_says_before_the_run_when_its_evaluation_kernel_cannot_be_built(tmp_path, tiny_bert_with_vocab,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(sparse, "build_tiled_kernel", lambda: (None, "CalledProcessError: no compiler"))
+    args = cli.parse_args(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--out-dir", str(tmp_path / "o"),
+                           "--sparse-backprop", "--no-kd"])
+    cli.resolve(args)
+    assert any("evaluates through SparseProp's kernels" in n and "no compiler" in n for n in args.notes)
+    monkeypatch.undo()
+    cli.resolve(args := cli.parse_args(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--out-dir",
+                                        str(tmp_path / "o"), "--sparse-backprop", "--no-kd"]))
+    assert not any("SparseProp" in n for n in args.notes)
 
 
 def test_sparse_backprop_is_refused_on_a_gpu_and_with_compile(tmp_path, tiny_bert_with_vocab, capsys):
