@@ -4,8 +4,8 @@ never lost, and a failed or partial run never replaces a finished result.
 
 train.py owns its --out-dir through run.json (rundir.py). The other commands write single files:
 sparse.py its --out timings, evidence/runs.py and evidence/paper_tasks.py the results records,
-evidence/softmax.py its --out, evidence/table.py --write the README's tables, evidence/figures.py
-the PNGs in evidence/figures. One rule holds for all of them (`write_result`):
+evidence/softmax.py and evidence/first_cut.py their --out, evidence/table.py --write the README's
+tables, evidence/figures.py the PNGs in evidence/figures. One rule holds for all of them (`write_result`):
 
   1. A command creates its file, or replaces one only if that file is recognisably this project's
      own, of the same kind (a `Kind`: what its first bytes or its keys say). Anything else there,
@@ -87,6 +87,8 @@ RECORD = Kind("a results record of evidence/runs.py (JSON with its name, command
               json_with("name", "command", "commit"))
 SOFTMAX = Kind("evidence/softmax.py's record (JSON with its temperatures)",
                json_with("temperatures", "dev_mean_top_probability"))
+FIRST_CUT = Kind("evidence/first_cut.py's record (JSON with its criteria and cut)",
+                 json_with("criteria", "cut", "dense_steps"))
 README = Kind("a file carrying evidence/table.py's markers (<!-- table: NAME -->)",
               lambda raw: b"<!-- table: " in raw and b"<!-- /table -->" in raw)
 FIGURE = Kind("a PNG image", lambda raw: raw.startswith(b"\x89PNG\r\n\x1a\n"))

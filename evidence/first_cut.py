@@ -12,13 +12,18 @@ accumulates it; then 30% of every encoder matrix cut (per matrix, movement's sco
     largest first   the highest |w|: the worst magnitude could do
 
 and the student's dev accuracy measured right after the cut and after 100 more steps of the
-recipe's training (KD at T = 5.5, the recipe's learning rate, the masks held). Movement's score is
+recipe's training (KD at T = 5.5, the recipe's learning rate, the masks held; train.py's masked
+gradients and masked AdamW step, from fresh AdamW moments for all four cuts alike). Movement's score is
 the first-order Taylor estimate of what removing a weight changes in the loss, ΔL ≈ -g·w: it is
 blind to the second-order term w² H / 2, which for a large weight dominates, so a cut of 30% at
 once removes weights whose loss it misjudges most.
 
     python evidence/first_cut.py --teacher runs/evidence/teacher-s0/model --data-dir ../shared/data \\
         --seed 0 --out runs/evidence/first-cut-s0.json
+
+The record goes to --out through files.py's rule (it replaces only a record of its own, and a path
+that cannot be written is refused before the minutes of training); a bad input is one sentence,
+exit 2.
 """
 import argparse
 import copy
@@ -35,7 +40,10 @@ import common                                    # noqa: E402  (labs/common.py: 
 import criteria                                  # noqa: E402
 import data                                      # noqa: E402
 import distill                                   # noqa: E402
+import files                                     # noqa: E402
+import model as modeling                         # noqa: E402
 import prune                                     # noqa: E402
+import train                                     # noqa: E402
 from schedule import Schedule                    # noqa: E402
 
 STEPS, DENSE, AFTER, CUT = 752, 50, 100, 0.3     # the recipe's budget and dense phase; steps after; the cut
@@ -44,7 +52,6 @@ STEPS, DENSE, AFTER, CUT = 752, 50, 100, 0.3     # the recipe's budget and dense
 def train_steps(lab, student, teacher, sched, first, last, masks, seed, running=None):
     """Steps first .. last - 1 of the recipe's student training (its data order, KD, masked AdamW);
     adds -w·g to `running` as train.py does, after the masked, clipped gradient."""
-    params = dict(student.named_parameters())
     opt, batches, step = common.adamw(student, sched.lr_max), common.loader(lab, lab.train, True, seed), 0
     for epoch in range(last // len(batches) + 1):
         data.set_epoch(batches, epoch)
@@ -56,26 +63,27 @@ def train_steps(lab, student, teacher, sched, first, last, masks, seed, running=
                 with torch.no_grad():
                     z_t = common.logits(teacher, batch)
                 distill.kd_loss(common.logits(student, batch), z_t, 5.5).backward()
-                prune.mask_gradients(params, masks)
-                torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+                train.masked_gradients(student, masks, 1.0)
                 if running is not None:
-                    criteria.accumulate_movement(running, params)
-                for group in opt.param_groups:
-                    group["lr"] = sched.lr_at(step)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                prune.apply_masks(params, masks)
+                    criteria.accumulate_movement(running, dict(student.named_parameters()))
+                train.masked_step(opt, student, masks, sched.lr_at(step))
             step += 1
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", required=True, help="the dense teacher of this seed (runs/evidence/teacher-sK/model)")
     ap.add_argument("--model", help="the pretrained weights (default: all-MiniLM-L6-v2, as labs/common.py finds it)")
     ap.add_argument("--data-dir", help="SST-2's files (default: the hub)")
     ap.add_argument("--seed", type=int, default=0, help="the student's seed: its head, dropout and data order")
     ap.add_argument("--out", required=True, help="the JSON record to write")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    with files.command("first_cut.py", data.DataError, modeling.CheckpointError):
+        files.check_target(args.out, files.FIRST_CUT)          # before the work: its result is never lost
+        first_cut(args)
+
+
+def first_cut(args):
     lab = common.start("first-cut", "the recipe's first cut by four criteria",
                        [*(["--model", args.model] if args.model else []),
                         *(["--data-dir", args.data_dir] if args.data_dir else []), "--out", str(Path(args.out).parent)])
@@ -109,7 +117,7 @@ def main():
               f"{record['criteria'][name]['after_training']:.2f} after {AFTER} more steps; it cut "
               f"{big / top:.0%} of the largest 1% of weights", flush=True)
     record["seconds"] = round(time.time() - t0, 1)
-    Path(args.out).write_text(json.dumps(record, indent=1))
+    files.write_result(args.out, json.dumps(record, indent=1), files.FIRST_CUT)
 
 
 if __name__ == "__main__":

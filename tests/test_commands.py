@@ -320,6 +320,26 @@ def test_1_figures_are_not_drawn_from_no_results(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "figures").exists()
 
 
+def test_1_first_cut_keeps_a_users_file_and_records_each_cut(tmp_path, tiny_bert_with_vocab, tiny_sst2, capsys):
+    """evidence/first_cut.py: a user's file at --out is refused before the minutes of training (files.py's
+    rule, whose tests show that a record of its own is replaced); the record's cuts are the criteria's:
+    magnitude cuts none of the largest 1% of each matrix, largest-first all of them."""
+    first_cut = load_evidence("first_cut")
+    out = tmp_path / "first-cut.json"
+    out.write_text("my notes\n")
+    argv = ["--teacher", str(tiny_bert_with_vocab), "--model", str(tiny_bert_with_vocab), "--data-dir", str(tiny_sst2),
+            "--out", str(out)]
+    assert "holds a file that is not evidence/first_cut.py's record" in one_sentence(first_cut.main, argv, capsys,
+                                                                                 "first_cut.py")
+    assert out.read_text() == "my notes\n"
+    out.unlink()
+    first_cut.main(argv)
+    record = json.loads(out.read_text())
+    assert set(record["criteria"]) == {"movement", "magnitude", "at random", "largest first"}
+    assert record["criteria"]["magnitude"]["share_of_largest_1pct_cut"] == 0.0
+    assert record["criteria"]["largest first"]["share_of_largest_1pct_cut"] == 1.0
+
+
 # 4. rundir.py: a dangling symbolic link as --out-dir is named as one ------------------------------------------
 
 @pytest.mark.parametrize("where, message", [("link", "is a symbolic link to"), ("link/run", "link is not a folder"),

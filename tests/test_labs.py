@@ -2,7 +2,6 @@
 here (seconds each); every exercise's check passes the project's function and fails a plausible wrong
 answer; and the labs' loops are train.py's: the same teacher, the same pruned weights, bit for bit."""
 import json
-import random
 import runpy
 import sys
 from pathlib import Path
@@ -18,23 +17,6 @@ LABS = sorted((ROOT / "labs").glob("[0-9][0-9]_*.py"))
 sys.path.insert(0, str(ROOT / "labs"))
 import common                                   # noqa: E402
 import exercises                                # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_sst2(tmp_path_factory):
-    """An SST-2-shaped folder: 160 training and 40 dev sentences of the tiny vocabulary's letters, the
-    label whether a sentence has more a's than b's (so that a model can learn something)."""
-    folder = tmp_path_factory.mktemp("tiny_sst2")
-    rng = random.Random(0)
-
-    def sentence():
-        words = [''.join(rng.choice("abcdefgh") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(2, 9))]
-        text = " ".join(words)
-        return text, int(text.count("a") > text.count("b"))
-    for name, n in (("train.tsv", 160), ("dev.tsv", 40)):
-        rows = [sentence() for _ in range(n)]
-        (folder / name).write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
-    return folder
 
 
 def run_lab(path, model, data_dir, out, monkeypatch) -> dict:
@@ -60,6 +42,13 @@ def test_every_lab_runs_end_to_end_in_smoke_mode(path, tiny_bert_with_vocab, tin
     last = out.strip().splitlines()[-1]
     assert last.startswith(f"Lab {int(path.name[:2])}: ") and last.endswith("minutes)"), last
     assert "not written yet" in out                          # every exercise ran on the solution
+
+
+def test_a_lab_given_no_data_stops_in_one_sentence(tiny_bert_with_vocab, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_lab(LABS[0], tiny_bert_with_vocab, tmp_path / "no-data", tmp_path / "out", monkeypatch)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("Lab 1: ") and "no-data" in err[0], err
 
 
 # -- the exercises, both ways ------------------------------------------------------------------------
