@@ -11,7 +11,8 @@ CUDA when present, in bf16 autocast there), in groups (--only):
              M-FAC matrix-free form (memory vs d*m*4), and memory per rank sharded over 2 processes;
   threshold  the global magnitude threshold over roberta-large's 302M encoder weights;
   sparse     SparseProp vs dense kernels on this CPU: one encoder layer at 80-97%, a whole 90% student
-             step with KD, and evaluation (on a GPU instead: 2:4 semi-structured vs dense, bf16);
+             step with KD, and evaluation through SparseProp's kernels and through this project's
+             (train.py --sparse-backprop's); on a GPU instead: 2:4 semi-structured vs dense, bf16;
   batching   real tokens per second with length-grouped batches vs plain shuffled ones (>= 1.8).
 
     python bench.py                  # everything (about 15 minutes on 2 CPU cores)
@@ -150,7 +151,7 @@ def layer_sparse_vs_dense(hidden, intermediate, heads, sparsity, tokens=1024, ro
     """One encoder layer's forward + backward over `tokens` tokens, every Linear at `sparsity` (per
     matrix, magnitude), through SparseProp's kernels vs dense kernels: median seconds of each."""
     import copy
-    import sparse
+    import sparse_backprop
     torch.manual_seed(0)
     cfg = modeling.Config(hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=heads,
                           hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -161,7 +162,7 @@ def layer_sparse_vs_dense(hidden, intermediate, heads, sparsity, tokens=1024, ro
     prune.apply_masks(params, masks)
     routed = copy.deepcopy(dense)
     for n, m in masks.items():
-        sparse.use_sparse(routed.get_submodule(n.rsplit(".", 1)[0]), sparse.csr_index(m))
+        sparse_backprop.use_sparse(routed.get_submodule(n.rsplit(".", 1)[0]), sparse_backprop.csr_index(m))
     x = torch.randn(8, tokens // 8, hidden, requires_grad=True)
     keep = torch.ones(8, 1, 1, tokens // 8, dtype=torch.bool)
 
@@ -213,8 +214,8 @@ def student_sparse_vs_dense(folder, data_dir, sparsity=0.9, batch_size=32, round
     evals = [b for _, b in zip(range(rounds + 1), sst2_loader(folder, data_dir, 64, split="validation"))]
     ev = {k: itertools.cycle(evals) for k in ("dense", "sparse", "train.py")}   # the dev set may hold fewer batches
     evaluated = copy.deepcopy(dense)
-    sparse_backprop.follow(evaluated, masks, chosen)                           # routed as `routed` is, then
-    with sparse.inference_kernels(evaluated, sparse_backprop.MIN_SPARSITY):   # train.py's evaluation kernels
+    sparse_backprop.follow(evaluated, masks, chosen)      # as `routed` (what evaluation falls back on without
+    with sparse.inference_kernels(evaluated, sparse_backprop.MIN_SPARSITY):   # the kernel), then train.py's
 
         @torch.no_grad()
         def forward(model, name):

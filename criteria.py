@@ -82,12 +82,12 @@ def movement_scores(weights: dict, pattern="unstructured", stats=None) -> dict:
 
 
 # -----------------------------------------------------------------------------
-# Wanda: |W_ij| · ||X_j||_2, the inputs measured on a calibration set.
+# Wanda: |W_ij| · ||X_j||_2, the inputs measured on a calibration set (as an RMS: ||X_j||_2 / sqrt(N)).
 
 @torch.no_grad()
 def wanda_scores(weights: dict, pattern="unstructured", stats=None) -> dict:
-    """Wanda: |W_ij| · ||X_j||_2 (stats[name] holds ||X_j||_2, one per input j); for 4-block groups the
-    group's sum."""
+    """Wanda: |W_ij| · ||X_j||_2 (stats[name] holds ||X_j||_2 / sqrt(N), N the input vectors the Linear
+    saw: the same ranking within a Linear, see the docstring above); for 4-block groups the group's sum."""
     return {n: group_sums(w.detach().float().abs() * stats[n][None, :], pattern)      # (out, in) * (1, in)
             for n, w in weights.items()}
 

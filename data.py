@@ -275,10 +275,10 @@ def find_file(task: Task, split: str, data_dir: Path) -> Path:
                     f"pass --data-dir pointing at the released files.")
 
 
-def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
+def load_split(task: Task, split: str, data_dir=None, say=print) -> list[dict]:
     """Examples of `split` ("train" or "validation"), from data_dir or, without it, the hub; it prints
-    which file it read (`find_file`'s choice: train.tsv over train.jsonl, a task's own folder over
-    data_dir's top level), once (rank 0 under torchrun)."""
+    which file it read through `say` (`find_file`'s choice: train.tsv over train.jsonl, a task's own
+    folder over data_dir's top level; train.py's says it on rank 0 only)."""
     parse = task.parse or parse_glue
     if data_dir is not None:
         path = find_file(task, split, Path(data_dir))
@@ -306,9 +306,8 @@ def load_split(task: Task, split: str, data_dir=None) -> list[dict]:
         if e["id"] in seen:
             raise DataError(f"{where}: id {e['id']!r} repeats {seen[e['id']]}'s; every example needs its own id.")
         seen[e["id"]] = where
-    if os.environ.get("RANK", "0") == "0":           # which file was read (the documented order chose it), once
-        n = len(examples)
-        print(f"{task.name} {split}: read {n} example{'s' * (n != 1)} from {source}", flush=True)
+    n = len(examples)                                # which file was read: the documented order chose it
+    say(f"{task.name} {split}: read {n} example{'s' * (n != 1)} from {source}")
     return examples
 
 

@@ -437,7 +437,8 @@ def from_pretrained(name_or_path, head=None, num_labels=None, verbose=True) -> E
             candidates = [prefix + bare, bare] if has_prefix else [bare, prefix + bare]
             key = next((c for c in candidates if c in state), None)
             found = state[key] if key is not None else None
-            used.add(key)
+            if key is not None:
+                used.add(key)
             param = model.get_parameter(ours)
             is_head = ours.split(".")[0] in HEAD_MODULES
             if found is None:

@@ -16,6 +16,7 @@ train.py's loop (the recipe's phases) runs on what this file sets up and reports
 
 Like train.py, cli.py and rundir.py, this is part of the loop's code: no concept file imports it.
 """
+import functools
 import json
 import math
 import os
@@ -105,11 +106,12 @@ def start_runtime(args) -> Runtime:
 def load_data(args, task, rt) -> Data:
     """Read, tokenize and encode both splits; raises DataError / CheckpointError on bad files."""
     tok = data.load_tokenizer(args.model_folder)
-    train_ex = data.load_split(task, "train", args.data_dir)
+    say = functools.partial(log, rt)                 # which file each split was read from, on rank 0 only
+    train_ex = data.load_split(task, "train", args.data_dir, say)
     check_holdout(args, len(train_ex))
     cut = len(train_ex) - (args.holdout or 0)
     train_ex, holdout_ex = train_ex[:cut][: args.limit_train], train_ex[cut:]
-    eval_ex = data.load_split(task, "validation", args.data_dir)[: args.limit_eval]
+    eval_ex = data.load_split(task, "validation", args.data_dir, say)[: args.limit_eval]
     train_f = data.encode(task, train_ex, tok, args.max_length)
     pad = data.pad_id(tok)
     loader = data.make_loader(train_f, args.batch_size, True, args.seed, pad, rt.distributed,

@@ -12,10 +12,12 @@ multiplies a zero exactly as fast as any other number, so by itself 90% sparsity
   2:4             GPU      torch.sparse.to_sparse_semi_structured:       up to ~2x on the GEMM, in
                            Ampere's sparse tensor cores keep 2 of every   fp16/bf16, inference (weights
                            4 consecutive input weights and skip the rest  fixed); train.py --pattern 2:4
-  unstructured    CPU      SparseProp (Nikdan, Pegolotti, Iofinova,      from ~80-90% sparsity, measured
-                           Kurtic & Alistarh, ICML 2023): the kept        per matrix (`route`): work and
-                           weights in CSR, forward and backward           memory traffic ~ the kept
-                           vectorised over the tokens with AVX2           weights, not out x in
+  unstructured    CPU      training: SparseProp (Nikdan, Pegolotti,      from ~80-90% sparsity, measured
+                           Iofinova, Kurtic & Alistarh, ICML 2023), the   per matrix (sparse_backprop's
+                           kept weights in CSR, forward and backward      `route`); inference: this
+                           vectorised over the tokens with AVX2.          project's kernel from ~70-80%
+                           Inference: also PyTorch's CSR product and      (`route_inference`): work and
+                           this project's kernel (sparse_kernel.cpp)      traffic ~ the kept weights
 
 For training on a CPU, SparseProp's forward and backward kernels are in sparse_backprop.py
 (train.py --sparse-backprop); this file holds the inference kernels, the choice among them, and
@@ -40,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-from sparse_backprop import KERNEL_STATE, csr_index, kernels, use_dense, use_sparse
+import sparse_backprop
+from sparse_backprop import csr_index, kept_values, kernels, sparse_enough, use_sparse
 
 
 # -----------------------------------------------------------------------------
@@ -48,7 +51,7 @@ from sparse_backprop import KERNEL_STATE, csr_index, kernels, use_dense, use_spa
 #
 #   dense        W x, MKL's GEMM: every weight, zero or not                out · in · T multiply-adds
 #   csr          PyTorch's CSR product (MKL's sparse BLAS on x86), W fixed  nnz · T, irregular reads
-#   sparseprop   SparseProp's forward kernel (above), vectorised over T     nnz · T, x and y transposed whole
+#   sparseprop   SparseProp's forward kernel (sparse_backprop.py), over T  nnz · T, x and y transposed whole
 #   tiled        this project's (sparse_kernel.cpp): CSR rows against tiles nnz · T, a tile of x transposed
 #                of up to 48 tokens, vectorised across the tile             at a time, in the core's cache
 #
@@ -58,9 +61,14 @@ from sparse_backprop import KERNEL_STATE, csr_index, kernels, use_dense, use_spa
 # (ROUTE_MARGIN). Every kernel returns its output row-major and contiguous, so that what the
 # model does next costs the same whichever kernel ran, and the layout work a kernel needs is
 # inside the time it is judged by. The weights themselves are unchanged: a CSR copy of W is
-# built once (inference only: it does not follow later updates).
+# built once (inference only: it does not follow later updates). For train.py's evaluations, where
+# the weights change between two of them, `inference_kernels` sends every Linear at least 80% sparse
+# through this project's kernel for one block without timing (it won on most such matrices of
+# evidence/results/inference-cpu.txt), its index built anew each time.
 
 KERNELS = ("dense", "csr", "sparseprop", "tiled")
+# what the kernels set on a Linear (SparseProp's, and csr's and tiled's here), for use_dense to undo
+KERNEL_STATE = sparse_backprop.KERNEL_STATE + ("csr_weight", "tiled_values")
 ROUTE_MARGIN = 0.05           # a sparse kernel replaces dense only if at least 5% faster than it
 
 
@@ -129,9 +137,15 @@ def use_tiled(linear):
     """Route one Linear through sparse_kernel.cpp: its kept weights in CSR by row, built once (inference)."""
     tiled_kernel()
     linear.csr = csr_index(linear.weight.detach() != 0)
-    linear.tiled_values = linear.weight.detach().reshape(-1)[linear.csr.flat].float().contiguous()   # (nnz,)
+    linear.tiled_values = kept_values(linear.weight, linear.csr)                                     # (nnz,)
     linear.kernel = "tiled"
     linear.forward = types.MethodType(tiled_forward, linear)
+
+
+def use_dense(linear):
+    """The Linear's own dense forward again, whichever kernel it was routed through."""
+    for name in KERNEL_STATE:
+        vars(linear).pop(name, None)
 
 
 def use_kernel(linear, kernel: str):
@@ -166,9 +180,8 @@ def inference_kernels(model, min_sparsity: float):
     saved = {}
     try:
         if build_tiled_kernel()[0] is not None:
-            for linear in model.modules():           # at least round(s·n) zeros, as sparse_backprop.route counts
-                if isinstance(linear, torch.nn.Linear) and \
-                        int((linear.weight == 0).sum()) >= round(min_sparsity * linear.weight.numel()):
+            for linear in model.modules():
+                if isinstance(linear, torch.nn.Linear) and sparse_enough(linear.weight == 0, min_sparsity):
                     saved[linear] = kernel_state(linear)
                     use_tiled(linear)
         yield

@@ -53,6 +53,17 @@ class CSRIndex:
     shape: tuple                   # (out, in)
 
 
+def kept_values(weight: torch.Tensor, index: CSRIndex) -> torch.Tensor:
+    """(nnz,) float32: W's kept values in the index's CSR order, the kernels' `val`."""
+    return weight.detach().reshape(-1)[index.flat].float().contiguous()
+
+
+def sparse_enough(pruned: torch.Tensor, min_sparsity: float = MIN_SPARSITY) -> bool:
+    """Whether a matrix is sparse enough for a sparse kernel: at least round(s·n) of its n weights pruned
+    (`pruned`: bool, True where pruned), counted exactly, not as a float rounded below s."""
+    return int(pruned.sum()) >= round(min_sparsity * pruned.numel())
+
+
 def csr_index(mask: torch.Tensor) -> CSRIndex:
     out_f, in_f = mask.shape
     flat = mask.reshape(-1).nonzero().squeeze(1)                            # row-major = CSR order
@@ -79,7 +90,7 @@ class SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, index):
         out_f, in_f = index.shape
-        values = weight.detach().reshape(-1)[index.flat].float().contiguous()      # (nnz,)
+        values = kept_values(weight, index)                                        # (nnz,)
         xt = transposed(x.detach().reshape(-1, in_f))                              # (in, T): the kernels' layout
         yt = torch.zeros(out_f, xt.shape[1])                                       # (out, T): added into
         kernels().sparse_linear_vectorized_forward(xt, index.indptr, index.indices, values, yt)
@@ -114,8 +125,8 @@ def use_sparse(linear, index: CSRIndex):
     linear.forward = types.MethodType(sparse_forward, linear)     # this instance only; its weight is unchanged
 
 
-# what every kernel sets on a Linear (use_sparse here; sparse.py's use_csr and use_tiled), for use_dense to undo
-KERNEL_STATE = ("forward", "csr", "csr_weight", "tiled_values", "kernel")
+# what use_sparse sets on a Linear, for use_dense to undo (sparse.py's kernels add their own to these)
+KERNEL_STATE = ("forward", "csr", "kernel")
 
 
 def use_dense(linear):
@@ -143,8 +154,7 @@ def route(model, masks: dict, tokens: int, repeats: int = 5) -> dict:
     for name, mask in masks.items():
         linear = model.get_submodule(name.rsplit(".", 1)[0])
         use_dense(linear)
-        pruned = mask.numel() - int(mask.sum())                     # at least 80% at this matrix's granularity:
-        if pruned < round(MIN_SPARSITY * mask.numel()) or not isinstance(linear, torch.nn.Linear):
+        if not sparse_enough(~mask) or not isinstance(linear, torch.nn.Linear):
             chosen[name] = "dense"
             continue
         g = torch.Generator().manual_seed(0)       # its own: the global RNG (dropout's) is left alone

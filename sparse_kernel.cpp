@@ -11,7 +11,7 @@
 //
 // The layout that makes it pay:
 //  1. W in CSR by output row: row_ptr (out + 1), col (nnz), val (nnz); row r's kept weights are
-//     val[row_ptr[r] .. row_ptr[r+1]), at columns col[...]. Built once per matrix (sparse.py).
+//     val[row_ptr[r] .. row_ptr[r+1]), at columns col[...]. Built once per matrix (sparse_backprop.csr_index).
 //  2. Tokens in tiles of up to 48 (3 vectors of 16 floats; a sentence of 25 takes 2). Each thread
 //     copies its tile of x transposed into a small buffer, xt[c] = the tile's values of input c,
 //     contiguous (48 floats: 3 cache lines), so the tile stays in the core's own cache.
@@ -100,6 +100,10 @@ torch::Tensor forward(torch::Tensor x, torch::Tensor row_ptr, torch::Tensor col,
                 "x must be a contiguous float32 (T, in) matrix");
     TORCH_CHECK(row_ptr.scalar_type() == torch::kInt32 && col.scalar_type() == torch::kInt32 &&
                 val.scalar_type() == torch::kFloat32, "the CSR index must be int32 and its values float32");
+    TORCH_CHECK(row_ptr.is_contiguous() && col.is_contiguous() && val.is_contiguous() && col.numel() == val.numel(),
+                "the CSR index must be contiguous, with one column index per value");
+    TORCH_CHECK(bias.numel() == 0 || (bias.numel() == row_ptr.numel() - 1 && bias.scalar_type() == torch::kFloat32 &&
+                bias.is_contiguous()), "the bias must be empty, or float32 with one value per row");
     const int64_t T = x.size(0), in = x.size(1), out = row_ptr.numel() - 1;
     auto y = torch::empty({T, out}, x.options());
     const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;

@@ -73,6 +73,20 @@ def test_the_kernel_uses_the_weights_it_was_given_and_refuses_to_train():
         assert torch.allclose(linear(x), y, atol=1e-6)
 
 
+def test_the_kernel_refuses_an_index_or_bias_that_does_not_fit():
+    """Called by hand (a student's experiment) with pieces that do not belong together, the kernel
+    stops with a sentence instead of reading past a buffer."""
+    linear = pruned_linear(8, 16, 0.5)
+    sparse.use_kernel(linear, "tiled")
+    x, k = torch.randn(4, 16), sparse.tiled_kernel()
+    with pytest.raises(RuntimeError, match="the bias must be empty"):
+        k.forward(x, linear.csr.indptr, linear.csr.indices, linear.tiled_values, torch.zeros(7))
+    with pytest.raises(RuntimeError, match="one column index per value"):
+        k.forward(x, linear.csr.indptr, linear.csr.indices, linear.tiled_values[:-1], linear.bias.detach())
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        k.forward(x.t(), linear.csr.indptr, linear.csr.indices, linear.tiled_values, linear.bias.detach())
+
+
 def test_predicted_speedup_is_amdahls_law():
     assert sparse.predicted_speedup(10.0, [6.0, 2.0], [1.0, 1.0]) == pytest.approx(10.0 / 4.0)
     assert sparse.predicted_speedup(5.0, [], []) == 1.0
