@@ -7,7 +7,7 @@
 # to 95%, and which matrices are the most sensitive (a sensitivity scan, as in Han et al. 2015 and
 # MIT 6.5940's first lab).
 #
-# **Time:** about 4 minutes on 2 CPU cores the first time (it fine-tunes the dense teacher, about 1.5
+# **Time:** about 4 minutes on 2 CPU cores the first time (it fine-tunes the dense teacher, about 1.3
 # minutes, and caches it for the other labs), 3 after. **Needs:** the weights and SST-2 (`--model`,
 # `--data-dir`: see `labs/common.py`); matplotlib for the figures (optional).
 # **Exercise:** 1.1 global magnitude masks.

@@ -11,7 +11,7 @@
 # in blocks of 50 weights. Here: OBS by hand on a small layer against brute force, then oBERT
 # against magnitude on the fine-tuned teacher in one shot.
 #
-# **Time:** about 1.5 minutes on 2 CPU cores (the teacher cached by lab 1; 2.6 GB of memory for the Fisher). **Needs:** the weights and
+# **Time:** about 1.4 minutes on 2 CPU cores (the teacher cached by lab 1; 2.6 GB of memory for the Fisher). **Needs:** the weights and
 # SST-2 (see `labs/common.py`); matplotlib for the figure (optional).
 # **Exercises:** 2.1 the OBS score, 2.2 the OBS update.
 #
@@ -88,7 +88,7 @@ print(f"prune w_{int(scores.argmin())}: the loss rises by {float(loss(w_new) - l
 # %% [markdown]
 # ## 2. The empirical Fisher of a real model
 #
-# For BERT, H is far too large (d² for d = 10.6M encoder weights). oBERT keeps only diagonal
+# For MiniLM, H is far too large (d² for d = 10.6M encoder weights). oBERT keeps only diagonal
 # blocks of 50 and estimates them from m gradients of mini-batches: F_b = λI + (1/m) Σ g_b g_bᵀ.
 # `obert.EmpiricalFisher` adds them a chunk at a time and inverts once; m = 1024 gradients of 16
 # sentences is the recipe, here a quarter of it.

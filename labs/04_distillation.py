@@ -125,12 +125,13 @@ print(f"80% in {steps} steps: with KD at T = 5.5 {kd:.2f}%, without {no_kd:.2f}%
 # its entropy (0.658 nats) is close to the most two classes can have (0.693). That is what the
 # student sees. Whether it helps *here* is another matter: with KD the student ends at 76.38%,
 # without it at 77.18%, one seed each, well inside the spread of seeds (SST-2's dev set alone gives
-# a run a standard error of about 1.4 points). The evidence (`evidence/README.md`, 5 seeds each at 752 steps) measured KD
-# against none at +0.50 points on dev (the seeds' spread 0.97) and −0.02 on 5000 held-out
+# a run a standard error of about 1.4 points). The evidence (`evidence/README.md`, 5 seeds each at
+# 752 steps) measured KD against none at +0.50 points on dev (the seeds' spread 0.97) and −0.02 on 5000 held-out
 # sentences: at this model size and budget the miniature cannot see the third guideline. On the
 # paper's CommonsenseQA (one seed, on a GPU) no KD cost 2.62 points.
 #
-# **Try:** T = 1 and T = 2 (`with_teacher(z_s, batch, T=1.0)`), and hardness 0.5 (half the task loss).
+# **Try:** T = 1 and T = 2 (`with_teacher(z_s, batch, T=1.0)`), and hardness 0.5: a loss function
+# returning `distill.combine(labels_only(z_s, batch), with_teacher(z_s, batch), 0.5)` (`import distill`).
 
 # %%
 lab.done(f"80% students: with KD {kd:.2f}%, without {no_kd:.2f}% (one seed; the evidence: within the spread)")

@@ -38,11 +38,12 @@ print(f"kernels on this machine: {', '.join(kernels)}")
 # %% [markdown]
 # ## 1. How this project's kernel works
 #
-# Read the comment at the top of `sparse_kernel.cpp` (about 40 lines): W is stored by output row as
-# its kept weights and their columns (CSR); the tokens go in tiles of 64, each copied transposed into
-# a small buffer, so that every kept weight becomes four full-width vector multiply-adds across 64
-# tokens. Before timing anything: why would a tile of 64 tokens beat one token at a time? And why
-# would one sentence (25 tokens) gain less than a batch of 32 (about 1400)?
+# Read the comment at the top of `sparse_kernel.cpp` (about 30 lines): W is stored by output row as
+# its kept weights and their columns (CSR); the tokens go in tiles of up to 48, each copied transposed
+# into a small buffer, so that every kept weight becomes three full-width vector multiply-adds across
+# 48 tokens. Before timing anything: why would a tile of 48 tokens beat one token at a time? And
+# what is left for a kernel to gain on one sentence (25 tokens, a single tile), where the dense
+# product is itself far from its peak?
 
 # %% [markdown]
 # ## 2. One Linear, from 50% to 99%
@@ -128,7 +129,7 @@ fast_s = [p["seconds"][p["kernel"]] for p in profile.values()]
 seconds = sparse.latencies({"dense": teacher, "routed": model}, [batch], lab.steps(10, 1))
 print(f"batch of {len(batch['input_ids'])} sentences ({tokens} tokens): the forward {1e3 * seconds['dense']:.1f} ms "
       f"dense, of which the Linears {1e3 * sum(dense_s):.1f} ms ({sum(dense_s) / seconds['dense']:.0%})")
-print(f"the kernels chosen: " + ", ".join(f"{k} {sum(p['kernel'] == k for p in profile.values())}" for k in kernels))
+print("the kernels chosen: " + ", ".join(f"{k} {sum(p['kernel'] == k for p in profile.values())}" for k in kernels))
 print(f"predicted speed-up {predicted_speedup(seconds['dense'], dense_s, fast_s):.2f}x; measured "
       f"{seconds['dense'] / seconds['routed']:.2f}x")
 
@@ -168,5 +169,5 @@ print(f"dense {len(raw_dense) / 1e6:.1f} MB, after zlib {len(zlib.compress(raw_d
 # `evidence/what-sparsity-buys.md`.
 
 # %%
-lab.done(f"one Linear at 90%, a batch: " + ", ".join(f"{k} {v:.2f}x" for k, v in speedups[(lab.steps(1408, 64), 0.9)].items())
+lab.done("one Linear at 90%, a batch: " + ", ".join(f"{k} {v:.2f}x" for k, v in speedups[(lab.steps(1408, 64), 0.9)].items())
          + f"; the model at 90%: {seconds['dense'] / seconds['routed']:.2f}x")

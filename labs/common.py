@@ -13,9 +13,9 @@ What the six labs share, so that each lab file holds only its idea.
 Each lab is a plain Python file in the percent-cell format: `python labs/03_gradual_pruning.py`
 runs it as a script, and Jupyter, VS Code or Colab (through jupytext) open it as a notebook.
 Like the labs, this file imports the concept files (model.py, data.py, ...) and never train.py,
-cli.py or rundir.py: what a lab trains, it trains in a loop of its own, in the open. The teacher's
-loop here is train.py's dense fine-tuning step for step (tests/test_labs.py checks that both give
-the same weights), so the labs' teacher is the evidence's, to the last digit.
+cli.py, rundir.py or runtime.py: what a lab trains, it trains in a loop of its own, in the open. The
+teacher's loop here is train.py's dense fine-tuning step for step (tests/test_labs.py checks that
+both give the same weights), so the labs' teacher is the evidence's, to the last digit.
 """
 import argparse
 import contextlib
@@ -99,9 +99,7 @@ def start(name: str, about: str, argv=None) -> Lab:
         dev_examples = data.load_split(task, "validation", args.data_dir)
     except (data.DataError, modeling.CheckpointError) as e:
         stop(f"{name}: {e}")
-    # sequences fit the position embeddings, as train.py cuts them (RoBERTa's positions start after its pad id)
-    length = min(task.max_length, cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.model_type == "roberta"
-                                                                 else 0))
+    length = min(task.max_length, modeling.positions(cfg))     # sequences fit the positions, as train.py cuts them
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lab = Lab(name, folder, args.data_dir, torch.device(args.device), out, args.smoke, task,

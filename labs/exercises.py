@@ -122,7 +122,9 @@ def run_masked_adamw(step, params, masks, grads, lr):
     """AdamW on copies of params: one plain step (its moments then hold something everywhere, as a
     model's do when it is pruned), the masks applied to the weights, then three steps through
     `step(opt, params, masks, lr)`, the gradients set before each; returns the weights and AdamW's
-    moments after them."""
+    moments after them, the moments where weights are kept only (zeroing them where pruned, as
+    prune.zero_optimizer_state does at a pruning step, is as right as leaving them: they no longer
+    move a weight that is masked again after every step)."""
     params = {n: torch.nn.Parameter(p.clone()) for n, p in params.items()}
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
     for n, p in params.items():
@@ -136,7 +138,8 @@ def run_masked_adamw(step, params, masks, grads, lr):
         for n, p in params.items():
             p.grad = g[n].clone()
         step(opt, params, masks, lr)
-    moments = {f"{n}.{k}": opt.state[p][k] for n, p in params.items() for k in ("exp_avg", "exp_avg_sq")}
+    moments = {f"{n}.{k}": opt.state[p][k] * masks.get(n, True) for n, p in params.items()
+               for k in ("exp_avg", "exp_avg_sq")}
     return {**{n: p.detach() for n, p in params.items()}, **moments}
 
 

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from test_imports import RUN, project_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("[0-9][0-9]_*.py"))
@@ -31,8 +32,14 @@ def test_six_labs_in_the_syllabus_order():
     for p in LABS:
         text = p.read_text()
         assert text.startswith("# %% [markdown]\n# # Lab ") and "**Time:**" in text and "**Needs:**" in text, p.name
-        assert not {"cli", "rundir", "train"} & {line.split()[1] for line in text.splitlines()
-                                                  if line.startswith("import ")}, p.name   # never the loop's files
+
+
+def test_no_lab_file_imports_the_loop_or_its_helpers():
+    """The labs, common.py and exercises.py import concept files only: never train.py, cli.py, rundir.py
+    or runtime.py, in any form (`from cli import ...`, inside a function)."""
+    ours = {p.stem for p in ROOT.glob("*.py")}
+    for path in sorted((ROOT / "labs").glob("*.py")):
+        assert not project_imports(path, ours) & set(RUN), path.name
 
 
 @pytest.mark.parametrize("path", LABS, ids=lambda p: p.stem)
@@ -95,7 +102,20 @@ def test_each_exercise_passes_the_solution_and_fails_a_wrong_answer(key):
     passed, worst, _ = exercises.check(key, WRONG[key])
     assert passed is False and worst > ex.tolerance, (key, worst)
     assert exercises.check(key, not_written)[0] is None
-    assert exercises.exercise(key, not_written) is ex.solution and exercises.exercise(key, ex.solution) is ex.solution
+    mine = lambda *a: ex.solution(*a)                       # noqa: E731  (a student's correct answer)
+    assert exercises.exercise(key, mine) is mine                                       # the lab goes on with theirs
+    assert exercises.exercise(key, not_written) is ex.solution and exercises.exercise(key, WRONG[key]) is ex.solution
+
+
+def test_the_masked_step_may_also_zero_the_moments_of_pruned_weights():
+    """Exercise 3.2: a step that also zeroes AdamW's moments where weights are pruned (what
+    prune.zero_optimizer_state does at a pruning step) is as right as the project's."""
+    def zeroing_step(opt, params, masks, lr):
+        exercises.masked_step(opt, params, masks, lr)
+        for n, m in masks.items():
+            for k in ("exp_avg", "exp_avg_sq"):
+                opt.state[params[n]][k].mul_(m)
+    assert exercises.check("3.2", zeroing_step)[0] is True
 
 
 def test_every_exercise_is_asked_by_its_lab():
