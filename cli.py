@@ -186,6 +186,12 @@ def add_run_args(a):
     a("--stop-after", type=int, help="save a checkpoint and exit after this step (simulates an interruption)")
 
 
+def distils(args) -> bool:
+    """Whether the run trains a student from a teacher: a pruning run, or one given --teacher, unless
+    --no-kd or --oneshot (which trains nothing)."""
+    return not args.no_kd and not args.oneshot and (args.sparsity > 0 or args.teacher is not None)
+
+
 def resolve(args):
     """Fill the task's defaults and check every input before any work; raises UsageError."""
     task = data.TASKS[args.task]
@@ -210,7 +216,7 @@ def resolve(args):
     args.scope = args.scope or method.scope
     if args.calibration_size is None and method.reads == "input_norms":
         args.calibration_size = CALIBRATION_SIZE
-    args.kd = not args.no_kd and not args.oneshot and (args.sparsity > 0 or args.teacher is not None)
+    args.kd = distils(args)
     check_numbers(args)
     check_flags_apply(args)
     check_combinations(args)
@@ -308,8 +314,10 @@ FLAG_RULES = [
      lambda a: f"--pattern {a.pattern} keeps the same share of every matrix whatever the scope"),
     (("recomputations",), _reads_data, lambda a: f"--method {a.method}'s scores read no data that pruning "
                                                  f"changes, so N recomputations give the masks of one"),
-    (("seed", "limit_train"), lambda a: not a.oneshot or _reads_data(a) or a.sparse_backprop,
-     lambda a: f"--oneshot --method {a.method} reads no training data and draws nothing at random"),
+    (("seed",), lambda a: not a.oneshot or _reads_data(a),
+     lambda a: f"--oneshot --method {a.method} draws nothing at random"),
+    (("limit_train",), lambda a: not a.oneshot or _reads_data(a) or a.sparse_backprop,
+     lambda a: f"--oneshot --method {a.method} reads no training data"),
 ]
 
 # The flags that apply to every run (the rest are in FLAG_RULES): a test checks that each flag of the
@@ -355,8 +363,8 @@ def check_disk(args, model):
     during an atomic save (weights, AdamW's two moments, masks), the exported model, and the teacher's
     checkpoint and model when it is trained here; --oneshot --export writes one model per sparsity."""
     out = Path(args.out_dir).absolute()
-    nearest = next(p for p in (out, *out.parents) if p.exists())
-    if not nearest.is_dir():                                    # a file where a folder must be
+    nearest = next(p for p in (out, *out.parents) if p.exists() or p.is_symlink())
+    if not nearest.is_dir():                                    # a file (or a dangling link) where a folder must be
         raise UsageError(f"--out-dir {args.out_dir} cannot be made: {nearest} is not a folder; pass an --out-dir whose "
                          f"parent folders exist or can be created.")
     if not os.access(nearest, os.W_OK | os.X_OK):
@@ -554,7 +562,7 @@ def check_max_length(max_length, task, cfg, role="the model") -> int:
     """Sequences must fit the position embeddings (RoBERTa's start at pad_token_id + 1): the task's own
     length is shortened to fit, an asked-for --max-length that does not fit is refused. The teacher
     reads the student's sequences: it is checked against the length the student's check settled."""
-    limit = cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.model_type == "roberta" else 0)
+    limit = modeling.positions(cfg)
     if max_length is None:
         return min(task.max_length, limit)
     if max_length > limit:

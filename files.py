@@ -185,18 +185,24 @@ def write_atomic(path: Path, text: str, fix: str = AGAIN):
 def provenance(script: str, argv, seed: str) -> list[str]:
     """The command, the commit, the seed and the machine, as evidence/results' text files begin: what
     makes such a file recognisably ours, and tells how to make it again."""
-    import platform
     import shlex
     import subprocess
-    import torch
     root = Path(__file__).resolve().parent
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"], cwd=root,
                            capture_output=True, text=True).stdout      # the code only: not a results file
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-               platform.machine()) if Path("/proc/cpuinfo").is_file() else platform.machine()
     return [f"# command: python {script} {shlex.join(argv)}",
             f"# commit: {commit.strip() or 'unknown'}{' (with uncommitted changes)' if dirty.strip() else ''}",
             f"# seed: {seed}",
-            f"# machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"python {platform.python_version()}"]
+            f"# machine: {machine()}"]
+
+
+def machine() -> str:
+    """The CPU, its cores, torch and its threads, python and the system: every record's "machine"."""
+    import platform
+    import torch
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), cpu)
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"python {platform.python_version()}, {platform.system()}")

@@ -122,6 +122,11 @@ CONFIG_RULES = {
 }
 
 
+def positions(cfg: Config) -> int:
+    """Tokens a sequence may hold: RoBERTa's position ids start at pad_token_id + 1 (`position_ids`)."""
+    return cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.model_type == "roberta" else 0)
+
+
 def check_config(cfg: Config, path):
     """Every field the model reads, checked before any tensor is built: one sentence naming it."""
     for name, (what, ok) in CONFIG_RULES.items():

@@ -91,10 +91,10 @@ def files_in(out: Path, before: dict | None) -> tuple[list, list]:
     or writing through it could reach a user's files. The lock file is neither: `take_lock` owns it."""
     written = set(before["written"]) if before and isinstance(before.get("written"), list) else None
     ours, foreign = [], []
-    for folder, dirs, files in os.walk(out):
+    for folder, dirs, names in os.walk(out):
         rel = Path(folder).relative_to(out)
         foreign += [rel / name for name in dirs if (Path(folder) / name).is_symlink()]
-        for name in files:
+        for name in names:
             path = rel / name
             if path == Path(LOCK):
                 continue
@@ -118,6 +118,9 @@ def check_out_dir(args):
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out-dir {out} is a file; pass a folder (new, empty, or an earlier run's).")
+    if out.is_symlink() and not out.exists():       # no folder can be made at a dangling link's name
+        raise UsageError(f"--out-dir {out} is a symbolic link to {os.readlink(out)}, which does not exist; create "
+                         f"that folder, or pass another --out-dir.")
     check_lock(out)
     before = read_run_json(out)
     ours, foreign = files_in(out, before) if out.is_dir() else ([], [])
@@ -344,20 +347,14 @@ def prepare_out_dir(args, rt, fingerprints: dict) -> Path | None:
 
 
 def not_prepared(out: Path, e: Exception) -> str:
-    """prepare_out_dir's one sentence: a check's (UsageError), a failed write's (RunError), that of a
-    path that cannot be a folder (a dangling symbolic link, a file above it), or that of a folder that
-    cannot be made, locked or emptied (OSError: a permission, a full disk)."""
+    """prepare_out_dir's one sentence: a check's (UsageError), a failed write's (RunError), or that of a
+    folder that cannot be made, locked or emptied (OSError: a permission, a full disk). A path that
+    cannot be a folder at all (a dangling symbolic link, a file above it) was refused by cli.py's
+    checks already (check_out_dir, check_disk)."""
     if isinstance(e, UsageError):
         return str(e)
     if isinstance(e, RunError):
         return f"{e}."
-    if out.is_symlink() and not out.exists():       # mkdir meets the link's name: no permission or space helps
-        return (f"--out-dir {out} is a symbolic link to {os.readlink(out)}, which does not exist; create that "
-                f"folder, or pass another --out-dir.")
-    above = next((p for p in out.absolute().parents if p.exists() or p.is_symlink()), None)
-    if above is not None and not above.is_dir():    # a file (or a dangling link) where a folder must be
-        return (f"--out-dir {out} cannot be made: {above} is not a folder; pass an --out-dir whose parent "
-                f"folders exist or can be created.")
     return (f"--out-dir {out} cannot be written ({e}); fix its permissions or free some space, then run the same "
             f"command again.")
 

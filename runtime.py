@@ -292,7 +292,7 @@ def run_steps(args, batches: int, sched) -> list[int]:
 
 def check_stop_after(args, phases: list[int]):
     """--stop-after N stops a phase after its step N: refused if no phase of this run (their steps:
-    `phases`) has that step. Called by train.py once the data fixes the phases' lengths."""
+    `phases`) has that step. Called by `student_schedule` once the data fixes the phases' lengths."""
     if args.stop_after is not None and args.stop_after > max(phases):
         raise UsageError(f"--stop-after {args.stop_after} is past the last step of every phase of this run "
                          f"({max(phases)}); pass a smaller one.")

@@ -359,11 +359,6 @@ def model_task(folder, cfg, head, args):
                         f"which no task here has; time it on random ids (drop --data-dir)"))
 
 
-def positions(cfg) -> int:
-    """Tokens a sequence may hold: RoBERTa's positions start at pad_token_id + 1."""
-    return cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.model_type == "roberta" else 0)
-
-
 def plan(folder, args):
     """(config, task, dev features or None) of one folder, checked before any timing: a config of ours, a
     task its head takes, a --seq-len its positions hold (without one, random ids are 128 tokens, or as
@@ -372,9 +367,9 @@ def plan(folder, args):
     import model as modeling
     cfg = modeling.load_config(modeling.resolve_folder(folder))
     task = model_task(folder, cfg, head_of(cfg), args)
-    if args.seq_len is not None and args.seq_len > positions(cfg):
-        raise files.Refused(f"--seq-len {args.seq_len} is longer than {folder}'s {positions(cfg)} positions; pass "
-                            f"--seq-len {positions(cfg)} or less")
+    if args.seq_len is not None and args.seq_len > modeling.positions(cfg):
+        raise files.Refused(f"--seq-len {args.seq_len} is longer than {folder}'s {modeling.positions(cfg)} positions; pass "
+                            f"--seq-len {modeling.positions(cfg)} or less")
     return cfg, task, dev_features(folder, args, task, cfg) if args.data_dir else None
 
 
@@ -383,15 +378,16 @@ def dev_features(folder, args, task, cfg) -> tuple[list[dict], int]:
     id; Refused if they are fewer than a batch, or hold token ids beyond the model's vocabulary."""
     import data
     import files
+    import model as modeling
     tok = data.load_tokenizer(folder)
     examples = data.load_split(task, "validation", args.data_dir)[: args.examples]
     if len(examples) < max(args.batch_sizes):
         raise files.Refused(f"--data-dir's {task.name} dev split has {len(examples)} examples, fewer than batch "
                             f"{max(args.batch_sizes)}; pass --batch-sizes of at most {len(examples)}")
-    if task.kind == "question_answering" and positions(cfg) <= 3 + 128:     # data.encode's windows share 128
-        raise files.Refused(f"{folder} holds {positions(cfg)} positions, too few for SQuAD's windows, which share "
+    if task.kind == "question_answering" and modeling.positions(cfg) <= 3 + 128:     # data.encode's windows share 128
+        raise files.Refused(f"{folder} holds {modeling.positions(cfg)} positions, too few for SQuAD's windows, which share "
                             f"128 context tokens; time it on random ids (drop --data-dir)")
-    features = data.encode(task, examples, tok, min(task.max_length, positions(cfg)))
+    features = data.encode(task, examples, tok, min(task.max_length, modeling.positions(cfg)))
     top = max(max(sum(ids, []) if isinstance(ids[0], list) else ids) for ids in (f["input_ids"] for f in features))
     if top >= cfg.vocab_size:
         raise files.Refused(f"{folder}'s tokenizer gives token id {top}, but its config.json's vocab_size is "
@@ -403,6 +399,7 @@ def input_batches(args, batch_size: int, cfg, task, dev=None) -> list[dict]:
     """Full batches of batch_size: the dev features (`dev_features`) padded to each batch's longest, or
     random token ids of --seq-len within the vocabulary; (B, C, T) for multiple choice."""
     import data
+    import model as modeling
     if dev is not None:
         features, pad = dev
         loader = data.make_loader(features[: len(features) // batch_size * batch_size], batch_size, False, 0, pad)
@@ -411,7 +408,7 @@ def input_batches(args, batch_size: int, cfg, task, dev=None) -> list[dict]:
     choices = (task.num_labels,) if task is not None and task.kind == "multiple_choice" else ()
     low = 5 if cfg.vocab_size > 5 else 0                 # clear of the special tokens, where there are others
     ids = torch.randint(low, min(1000, cfg.vocab_size), (args.examples // batch_size, batch_size, *choices,
-                                                         args.seq_len or min(128, positions(cfg))), generator=g)
+                                                         args.seq_len or min(128, modeling.positions(cfg))), generator=g)
     return [{"input_ids": i, "attention_mask": torch.ones_like(i), "token_type_ids": torch.zeros_like(i)} for i in ids]
 
 

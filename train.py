@@ -24,7 +24,8 @@ Two other ways to use it, for the contrast the paper's guidelines are about:
   --optimizer cram            fine-tune the dense model with CrAM (cram.py), so that it can be
                               pruned in one shot afterwards.
 And two ways to make it faster on a CPU: batches grouped by length (on by default, data.py) and
---sparse-backprop (sparse.py: SparseProp's kernels for the matrices that are sparse enough).
+--sparse-backprop (sparse_backprop.py: SparseProp's kernels for the matrices that are sparse
+enough; evaluated through sparse.py's own kernel).
 
 The files around the loop: cli.py parses the flags and checks every input before anything is
 written (bad input: one sentence, exit 2); rundir.py owns the output folder (what --overwrite
@@ -51,7 +52,6 @@ import cram
 import data
 import distill
 import model as modeling
-import obert
 import prune
 import rundir
 import runtime
@@ -177,6 +177,7 @@ def fit(phase, model, teacher, d, sched, args, rt, later=0) -> Fitted:
         net = torch.compile(net)
     label = {"teacher": "dense teacher"}.get(phase, "dense fine-tuning" if sched.target == 0 else "pruned student")
     running = start_running(model, sched, args)      # movement's -Σ w*g, or None: the criterion reads no training
+    accumulate = prune.STATISTICS[prune.METHODS[args.method].reads].accumulate if running is not None else None
     masks, step = resume_phase(out, model, opt, running, label, args, rt) if args.resume else ({}, 0)
     pruning_steps, cycle_ends = set(sched.pruning_steps()), {b for _, b in sched.cycles()[:-1]}
     use_cram = args.optimizer == "cram" and sched.target == 0      # CrAM trains dense models only
@@ -205,7 +206,7 @@ def fit(phase, model, teacher, d, sched, args, rt, later=0) -> Fitted:
         if not all_finite(loss, grad_norm, rt):
             raise diverged(label, step, loss, grad_norm, saved, out)
         if running is not None:
-            prune.STATISTICS[prune.METHODS[args.method].reads].accumulate(running, dict(model.named_parameters()))
+            accumulate(running, dict(model.named_parameters()))
         lr = sched.lr_at(step)
         masked_step(opt, model, masks, lr)
         # 4. with step + 1 steps done: log, evaluate at the end of a pruning cycle, checkpoint

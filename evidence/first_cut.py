@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "labs"))
 import torch                                     # noqa: E402
 
 import common                                    # noqa: E402  (labs/common.py: the lab loop's pieces, train.py's)
+import cli                                       # noqa: E402
 import criteria                                  # noqa: E402
 import data                                      # noqa: E402
 import distill                                   # noqa: E402
@@ -44,30 +45,26 @@ import files                                     # noqa: E402
 import model as modeling                         # noqa: E402
 import prune                                     # noqa: E402
 import train                                     # noqa: E402
+from rundir import UsageError                    # noqa: E402
 from schedule import Schedule                    # noqa: E402
 
-STEPS, DENSE, AFTER, CUT = 752, 50, 100, 0.3     # the recipe's budget and dense phase; steps after; the cut
+STEPS, AFTER, CUT = 752, 100, 0.3               # the recipe's budget (runs.py's gmp80-b2); steps after; the cut
 
 
 def train_steps(lab, student, teacher, sched, first, last, masks, seed, running=None):
-    """Steps first .. last - 1 of the recipe's student training (its data order, KD, masked AdamW);
-    adds -w·g to `running` as train.py does, after the masked, clipped gradient."""
-    opt, batches, step = common.adamw(student, sched.lr_max), common.loader(lab, lab.train, True, seed), 0
-    for epoch in range(last // len(batches) + 1):
-        data.set_epoch(batches, epoch)
-        for batch in batches:
-            if step == last:
-                return
-            if step >= first:
-                batch = common.on(lab, batch)
-                with torch.no_grad():
-                    z_t = common.logits(teacher, batch)
-                distill.kd_loss(common.logits(student, batch), z_t, 5.5).backward()
-                train.masked_gradients(student, masks, 1.0)
-                if running is not None:
-                    criteria.accumulate_movement(running, dict(student.named_parameters()))
-                train.masked_step(opt, student, masks, sched.lr_at(step))
-            step += 1
+    """Steps first .. last - 1 of the recipe's student training (its data order, KD at T = 5.5, train.py's
+    masked gradients and masked AdamW step); adds -w·g to `running` as train.py does, after the
+    masked, clipped gradient."""
+    opt, loader = common.adamw(student, sched.lr_max), common.loader(lab, lab.train, True, seed)
+    for step, (batch,) in enumerate(train.optimizer_batches(loader, 1, first, last), first):
+        batch = common.on(lab, batch)
+        with torch.no_grad():
+            z_t = common.logits(teacher, batch)
+        distill.kd_loss(common.logits(student, batch), z_t, distill.TEMPERATURE).backward()
+        train.masked_gradients(student, masks, 1.0)
+        if running is not None:
+            criteria.accumulate_movement(running, dict(student.named_parameters()))
+        train.masked_step(opt, student, masks, sched.lr_at(step))
 
 
 def main(argv=None):
@@ -78,7 +75,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="the student's seed: its head, dropout and data order")
     ap.add_argument("--out", required=True, help="the JSON record to write")
     args = ap.parse_args(argv)
-    with files.command("first_cut.py", data.DataError, modeling.CheckpointError):
+    with files.command("first_cut.py", data.DataError, modeling.CheckpointError, UsageError):
+        cli.check_teacher(args.teacher, data.TASKS["sst2"], f"--teacher {args.teacher} must be fine-tuned on sst2")
         files.check_target(args.out, files.FIRST_CUT)          # before the work: its result is never lost
         first_cut(args)
 
@@ -89,18 +87,19 @@ def first_cut(args):
                         *(["--data-dir", args.data_dir] if args.data_dir else []), "--out", str(Path(args.out).parent)])
     t0 = time.time()
     teacher = common.student(lab, args.teacher, args.seed).eval()
-    sched = Schedule(STEPS, 0.8, 0.3, lr_max=5e-5, lr_min=5e-6)          # the recipe at the chosen budget
+    sched = Schedule(STEPS, 0.8, CUT, lr_max=5e-5, lr_min=5e-6)          # the recipe at the chosen budget
     student = common.student(lab, seed=args.seed)
     names = prune.prunable_names(student)
     S = {n: torch.zeros_like(student.get_parameter(n)) for n in names}
-    train_steps(lab, student, teacher, sched, 0, DENSE, {}, args.seed, S)
+    train_steps(lab, student, teacher, sched, 0, sched.t_0, {}, args.seed, S)       # its dense phase: 50 steps
     dense = common.accuracy(student, lab)
     w = {n: student.get_parameter(n).detach() for n in names}
     g = torch.Generator().manual_seed(args.seed)
     scores = {"movement": S, "magnitude": {n: t.abs() for n, t in w.items()},
               "at random": {n: torch.rand(t.shape, generator=g) for n, t in w.items()},
               "largest first": {n: -t.abs() for n, t in w.items()}}
-    record = {"seed": args.seed, "dense_steps": DENSE, "cut": CUT, "after_steps": AFTER, "accuracy_before_cut": dense,
+    top1 = {n: t.abs() >= t.abs().flatten().quantile(0.99) for n, t in w.items()}    # each matrix's largest 1%
+    record = {"seed": args.seed, "dense_steps": sched.t_0, "cut": CUT, "after_steps": AFTER, "accuracy_before_cut": dense,
               "criteria": {}}
     for name, s in scores.items():
         cut = copy.deepcopy(student)
@@ -108,9 +107,8 @@ def first_cut(args):
         masks = prune.select(s, CUT, "layer")
         prune.apply_masks(params, masks)
         right_after = common.accuracy(cut, lab)
-        train_steps(lab, cut, teacher, sched, DENSE, DENSE + AFTER, masks, args.seed)
-        big = sum(int((~masks[n] & (w[n].abs() >= w[n].abs().flatten().quantile(0.99))).sum()) for n in names)
-        top = sum(int((w[n].abs() >= w[n].abs().flatten().quantile(0.99)).sum()) for n in names)
+        train_steps(lab, cut, teacher, sched, sched.t_0, sched.t_0 + AFTER, masks, args.seed)
+        big, top = sum(int((~masks[n] & top1[n]).sum()) for n in names), sum(int(top1[n].sum()) for n in names)
         record["criteria"][name] = {"right_after": right_after, "after_training": common.accuracy(cut, lab),
                                     "share_of_largest_1pct_cut": big / top}
         print(f"{name:14} cut 30% per matrix: {right_after:.2f} right after, "

@@ -179,7 +179,7 @@ def record(name: str, cmd: list[str], rc: int, stopped: bool, seconds: float, M:
 def machine() -> str:
     import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{gpu}; {runs.machine()}"
+    return f"{gpu}; {files.machine()}"
 
 
 def main():

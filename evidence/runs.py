@@ -1,7 +1,7 @@
 """The exact commands behind every number in the evidence (evidence/README.md and the README's table).
 
-Each run is one row of `rows`: a name and the arguments it passes to train.py (or to
-evidence/softmax.py). `python evidence/runs.py` runs, one after another, every run whose results
+Each run is one row of `rows`: a name and the command it runs: train.py, or evidence/softmax.py,
+evidence/first_cut.py or sparse.py. `python evidence/runs.py` runs, one after another, every run whose results
 file is missing, each into runs/evidence/NAME/ (git-ignored: models never enter the repository),
 and then writes evidence/results/NAME.json: train.py's results.json trimmed to what the tables
 need (with the resolved arguments and the accuracy after every pruning cycle), plus the exact
@@ -45,8 +45,6 @@ ours, atomically. An --only that is not a regular expression, or that matches no
 import argparse
 import hashlib
 import json
-import os
-import platform
 import re
 import shlex
 import subprocess
@@ -161,20 +159,9 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
     return out
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    import torch
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"python {platform.python_version()}, {platform.system()}")
-
-
 CODE = ["model.py", "prune.py", "obert.py", "criteria.py", "schedule.py", "distill.py", "cram.py", "train.py", "cli.py",
-        "rundir.py", "data.py", "sparse.py", "evidence/softmax.py", "evidence/first_cut.py", "labs/common.py"]
+        "rundir.py", "runtime.py", "files.py", "data.py", "sparse.py", "sparse_backprop.py", "sparse_kernel.cpp",
+        "evidence/softmax.py", "evidence/first_cut.py", "labs/common.py"]       # the code a run executes
 
 
 def git(*args) -> str:
@@ -238,7 +225,7 @@ def run(name: str, cmd: list[str], M: str) -> dict:
         record = trim(json.loads((out / "results.json").read_text()), out / "student" / "log.jsonl")
     seed = re.search(r"-s(\d+)$", name)
     return {"name": name, "command": shown, "commit": made_by, "seed": int(seed.group(1)) if seed else 0,
-            "machine": machine(), "command_seconds": seconds, **record}
+            "machine": files.machine(), "command_seconds": seconds, **record}
 
 
 def call(name: str, cmd: list[str]):

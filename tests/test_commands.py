@@ -9,12 +9,13 @@ import errno
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+import cli
 import data
 import files
 import rundir
@@ -321,19 +322,24 @@ def test_1_figures_are_not_drawn_from_no_results(tmp_path, capsys, monkeypatch):
 
 
 def test_1_first_cut_keeps_a_users_file_and_records_each_cut(tmp_path, tiny_bert_with_vocab, tiny_sst2, capsys):
-    """evidence/first_cut.py: a user's file at --out is refused before the minutes of training (files.py's
-    rule, whose tests show that a record of its own is replaced); the record's cuts are the criteria's:
-    magnitude cuts none of the largest 1% of each matrix, largest-first all of them."""
+    """evidence/first_cut.py: a teacher that is not fine-tuned, and a user's file at --out, are refused
+    before the minutes of training (files.py's rule, whose tests show that a record of its own is
+    replaced); the record's cuts are the criteria's: magnitude cuts none of the largest 1% of each
+    matrix, largest-first all of them."""
     first_cut = load_evidence("first_cut")
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_bert_with_vocab, teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
     out = tmp_path / "first-cut.json"
     out.write_text("my notes\n")
-    argv = ["--teacher", str(tiny_bert_with_vocab), "--model", str(tiny_bert_with_vocab), "--data-dir", str(tiny_sst2),
-            "--out", str(out)]
-    assert "holds a file that is not evidence/first_cut.py's record" in one_sentence(first_cut.main, argv, capsys,
-                                                                                 "first_cut.py")
-    assert out.read_text() == "my notes\n"
+    argv = ["--model", str(tiny_bert_with_vocab), "--data-dir", str(tiny_sst2), "--out", str(out)]
+    line = one_sentence(first_cut.main, ["--teacher", str(tiny_bert_with_vocab), *argv], capsys, "first_cut.py")
+    assert "must be fine-tuned on sst2" in line
+    line = one_sentence(first_cut.main, ["--teacher", str(teacher), *argv], capsys, "first_cut.py")
+    assert "holds a file that is not evidence/first_cut.py's record" in line and out.read_text() == "my notes\n"
     out.unlink()
-    first_cut.main(argv)
+    first_cut.main(["--teacher", str(teacher), *argv])
     record = json.loads(out.read_text())
     assert set(record["criteria"]) == {"movement", "magnitude", "at random", "largest first"}
     assert record["criteria"]["magnitude"]["share_of_largest_1pct_cut"] == 0.0
@@ -350,6 +356,8 @@ def test_4_an_out_dir_that_cannot_be_a_folder_is_named(tmp_path, tiny_bert_with_
     before = snapshot(tmp_path)
     line = refused(base_args(tiny_bert_with_vocab, tmp_path / where), capsys)
     assert message in line and "permissions" not in line and snapshot(tmp_path) == before
+    with pytest.raises(rundir.UsageError, match=message):            # by the checks, before the data is read
+        cli.resolve(cli.parse_args(base_args(tiny_bert_with_vocab, tmp_path / where)))
 
 
 # 3-5. data.py: extra fields are refused, lines are the file's, and the file read is said --------------------

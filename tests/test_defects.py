@@ -373,7 +373,8 @@ INAPPLICABLE = [   # (mode, the flags of the run, the flag refused, a word of th
     ("one-shot", ["--oneshot", "0.5", "--teacher", "{teacher}"], "--teacher", "--oneshot"),
     ("one-shot", ["--oneshot", "0.5", "--keep-checkpoints"], "--keep-checkpoints", "--oneshot"),
     ("one-shot GMP", ["--oneshot", "0.5", "--recomputations", "2"], "--recomputations", "--method gmp"),
-    ("one-shot GMP", ["--oneshot", "0.5", "--seed", "3"], "--seed", "reads no training data"),
+    ("one-shot GMP", ["--oneshot", "0.5", "--seed", "3"], "--seed", "draws nothing at random"),
+    ("one-shot GMP", ["--oneshot", "0.5", "--sparse-backprop", "--seed", "3"], "--seed", "draws nothing at random"),
     ("one-shot GMP", ["--oneshot", "0.5", "--limit-train", "3"], "--limit-train", "reads no training data"),
 ]
 

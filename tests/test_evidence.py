@@ -204,7 +204,7 @@ def test_every_run_is_a_valid_command_with_its_inputs_made_before_it():
         if cmd[1] != "train.py":
             continue
         args = cli.parse_args(cmd[2:])                     # every flag exists and parses
-        args.kd = not args.no_kd and not args.oneshot and (args.sparsity > 0 or args.teacher is not None)
+        args.kd = cli.distils(args)
         cli.check_flags_apply(args)                        # and applies (a one-shot gmp run takes no --seed)
         assert args.out_dir == f"runs/evidence/{name}"
         assert args.seed == int(name[-1]) or ("seed" not in args.given and args.oneshot and args.method == "gmp")

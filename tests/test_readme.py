@@ -57,7 +57,9 @@ def test_the_cheap_commands_run_as_written(argv):
 @pytest.mark.parametrize("argv", [c for c in commands() if c[0] == "train.py"], ids=" ".join)
 def test_every_train_command_parses(argv):
     args = cli.parse_args(argv[1:])                 # argparse exits 2 on a flag train.py lacks
-    assert args.task in cli.data.TASKS and 0 < args.sparsity < 1
+    args.kd = cli.distils(args)
+    cli.check_flags_apply(args)                      # and every flag shown applies in its run
+    assert 0 < args.sparsity < 1
 
 
 def test_the_quick_start_passes_every_check_before_the_data(tmp_path):

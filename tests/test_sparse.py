@@ -148,6 +148,8 @@ def test_sparse_backprop_says_before_the_run_when_its_evaluation_kernel_cannot_b
     cli.resolve(args)
     assert any("evaluates through SparseProp's kernels" in n and "no compiler" in n for n in args.notes)
     monkeypatch.undo()
+    if sparse.build_tiled_kernel()[0] is None:
+        pytest.skip("no C++ compiler here: the kernel cannot be built, so the note is right to stay")
     cli.resolve(args := cli.parse_args(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--out-dir",
                                         str(tmp_path / "o"), "--sparse-backprop", "--no-kd"]))
     assert not any("SparseProp" in n for n in args.notes)
