@@ -183,7 +183,7 @@ def student_sparse_vs_dense(folder, data_dir, sparsity=0.9, batch_size=32, round
     once, outside the timing), and dense. Median seconds, and real tokens."""
     import copy
     import distill
-    import sparse
+    import sparse_inference
     import sparse_backprop
     torch.manual_seed(0)
     teacher = modeling.from_pretrained(folder, head="classification", num_labels=2, verbose=False).eval()
@@ -215,7 +215,7 @@ def student_sparse_vs_dense(folder, data_dir, sparsity=0.9, batch_size=32, round
     ev = {k: itertools.cycle(evals) for k in ("dense", "sparse", "train.py")}   # the dev set may hold fewer batches
     evaluated = copy.deepcopy(dense)
     sparse_backprop.follow(evaluated, masks, chosen)      # as `routed` (what evaluation falls back on without
-    with sparse.inference_kernels(evaluated, sparse_backprop.MIN_SPARSITY):   # the kernel), then train.py's
+    with sparse_inference.inference_kernels(evaluated, sparse_backprop.MIN_SPARSITY):   # the kernel), then train.py's
 
         @torch.no_grad()
         def forward(model, name):

@@ -33,7 +33,7 @@ import distill
 import model as modeling
 import obert
 import prune
-import sparse
+import sparse_inference
 import sparse_backprop
 from rundir import UsageError, check_out_dir, read_checkpoint
 from schedule import initial_sparsity
@@ -511,9 +511,9 @@ def notes_on(args, model) -> list[str]:
     if stored in ("float16", "bfloat16"):
         notes.append(f"--model {args.model} is stored in {stored}; this run trains and exports in float32, a file "
                      f"twice its size (transformers' .half() makes a float16 copy of the export)")
-    if args.sparse_backprop and sparse.build_tiled_kernel()[0] is None:
+    if args.sparse_backprop and sparse_inference.build_tiled_kernel()[0] is None:
         notes.append(f"--sparse-backprop evaluates through SparseProp's kernels: this project's inference kernel "
-                     f"could not be built ({sparse.build_tiled_kernel()[1]}; it needs a C++ compiler and ninja)")
+                     f"could not be built ({sparse_inference.build_tiled_kernel()[1]}; it needs a C++ compiler and ninja)")
     return notes
 
 

@@ -18,9 +18,11 @@ one forward and backward of each kernel on a batch-sized input and keeps the fas
 own rule). A routed Linear computes with the same weight tensor through `SparseLinearFunction`.
 The index changes only when the masks do, so it is built there, and on resume, where `follow`
 repeats the checkpoint's choices without timing. Evaluation, a forward pass only, goes through
-sparse.py's faster inference kernel instead (`sparse.inference_kernels`, from train.evaluate).
+this project's faster inference kernel instead (`sparse_inference.inference_kernels`, from
+train.evaluate).
 
-sparse.py holds the inference kernels (and uses `use_sparse` for SparseProp's forward among them);
+sparse_inference.py holds the inference kernels (and uses `use_sparse` for SparseProp's forward
+among them);
 rundir.py saves which Linears `route` sent through these kernels, so that `follow` can repeat it.
 
     pip install pybind11 && pip install --no-build-isolation sparseprop==0.1.14
@@ -125,7 +127,7 @@ def use_sparse(linear, index: CSRIndex):
     linear.forward = types.MethodType(sparse_forward, linear)     # this instance only; its weight is unchanged
 
 
-# what use_sparse sets on a Linear, for use_dense to undo (sparse.py's kernels add their own to these)
+# what use_sparse sets on a Linear, for use_dense to undo (sparse_inference.py's kernels add their own)
 KERNEL_STATE = ("forward", "csr", "kernel")
 
 

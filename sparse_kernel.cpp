@@ -27,7 +27,7 @@
 // So the work is nnz · T multiply-adds, vectorised across tokens, plus a transposed copy of x per
 // tile and one of y per 16 rows: no copy of the whole activation matrix, no scatter, no atomics.
 //
-// Built by torch.utils.cpp_extension on first use (sparse.py's `tiled_kernel`, -O3 -march=native:
+// Built by torch.utils.cpp_extension on first use (sparse_inference.py's `tiled_kernel`, -O3 -march=native:
 // the vectors this CPU has); its threads are torch's own (at::parallel_for, torch.set_num_threads).
 // Checked against the dense masked product to 1e-5 (tests/test_sparse_kernel.py).
 #include <torch/extension.h>

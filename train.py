@@ -25,7 +25,7 @@ Two other ways to use it, for the contrast the paper's guidelines are about:
                               pruned in one shot afterwards.
 And two ways to make it faster on a CPU: batches grouped by length (on by default, data.py) and
 --sparse-backprop (sparse_backprop.py: SparseProp's kernels for the matrices that are sparse
-enough; evaluated through sparse.py's own kernel).
+enough; evaluated through sparse_inference.py's own kernel).
 
 The files around the loop: cli.py parses the flags and checks every input before anything is
 written (bad input: one sentence, exit 2); rundir.py owns the output folder (what --overwrite
@@ -55,7 +55,7 @@ import model as modeling
 import prune
 import rundir
 import runtime
-import sparse
+import sparse_inference
 import sparse_backprop
 from rundir import UsageError
 from schedule import Schedule
@@ -237,11 +237,11 @@ def fit(phase, model, teacher, d, sched, args, rt, later=0) -> Fitted:
 def evaluate(model, d, args, rt, holdout=False) -> dict | None:
     """The metric on dev (or on the --holdout examples: None without them), in batches of twice the
     training batch. Under --sparse-backprop the Linears at least 80% sparse compute it through this
-    project's inference kernel (sparse.inference_kernels), faster than training's kernels' forward,
+    project's inference kernel (sparse_inference.inference_kernels), faster than training's kernels' forward,
     and go back to those after it."""
     if holdout and not d.holdout_examples:
         return None
-    kernels = sparse.inference_kernels(model, sparse_backprop.MIN_SPARSITY) if args.sparse_backprop else nullcontext()
+    kernels = sparse_inference.inference_kernels(model, sparse_backprop.MIN_SPARSITY) if args.sparse_backprop else nullcontext()
     with kernels:
         return runtime.evaluate(model, d, 2 * args.batch_size, rt, holdout)
 

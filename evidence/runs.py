@@ -160,7 +160,7 @@ def rows(M: str, data_dir: str | None = None) -> list[tuple[str, list[str]]]:
 
 
 CODE = ["model.py", "prune.py", "obert.py", "criteria.py", "schedule.py", "distill.py", "cram.py", "train.py", "cli.py",
-        "rundir.py", "runtime.py", "files.py", "data.py", "sparse.py", "sparse_backprop.py", "sparse_kernel.cpp",
+        "rundir.py", "runtime.py", "files.py", "data.py", "sparse.py", "sparse_inference.py", "sparse_backprop.py", "sparse_kernel.cpp",
         "evidence/softmax.py", "evidence/first_cut.py", "labs/common.py"]       # the code a run executes
 
 

@@ -30,9 +30,10 @@ import common
 from exercises import exercise
 import prune
 import sparse
+import sparse_inference
 
 lab = common.start("Lab 6", "one Linear and the whole model through dense and sparse kernels, and the file's size")
-kernels = sparse.available_kernels()
+kernels = sparse_inference.available_kernels()
 print(f"kernels on this machine: {', '.join(kernels)}")
 
 # %% [markdown]
@@ -60,13 +61,13 @@ def time_linear(shape, sparsity, tokens, rounds):
     x = torch.randn(tokens, shape[1], generator=g)
     states = {}
     for k in kernels:
-        sparse.use_kernel(linear, k)
-        states[k] = sparse.kernel_state(linear)
+        sparse_inference.use_kernel(linear, k)
+        states[k] = sparse_inference.kernel_state(linear)
     times = {k: [] for k in kernels}
     with torch.no_grad():
         for r in range(rounds + 1):
             for k in kernels[r % len(kernels):] + kernels[: r % len(kernels)]:
-                sparse.restore_kernel(linear, states[k])
+                sparse_inference.restore_kernel(linear, states[k])
                 t = time.perf_counter()
                 linear(x)
                 if r:
@@ -97,7 +98,7 @@ with common.figure(lab, "06_one_linear", 9, 3.5) as plt:
 # ## 3. The whole model: how much of the forward are the Linears?
 #
 # The teacher pruned to 90% in one shot (its accuracy does not matter for the time). A profile: each
-# Linear's time alone, dense and through the fastest kernel for it (`sparse.route_inference`), and the
+# Linear's time alone, dense and through the fastest kernel for it (`sparse_inference.route_inference`), and the
 # whole forward of a batch of 32 sentences.
 
 # %% [markdown]
@@ -123,7 +124,7 @@ names = prune.prunable_names(model)
 prune.apply_masks(weights, prune.magnitude_masks({n: weights[n] for n in names}, 0.9))
 batch = common.on(lab, next(iter(common.loader(lab, lab.dev, False))))
 tokens = batch["input_ids"].numel()
-profile = sparse.route_inference(model, names, tokens, repeats=lab.steps(5, 1))
+profile = sparse_inference.route_inference(model, names, tokens, repeats=lab.steps(5, 1))
 dense_s = [p["seconds"]["dense"] for p in profile.values()]
 fast_s = [p["seconds"][p["kernel"]] for p in profile.values()]
 seconds = sparse.latencies({"dense": teacher, "routed": model}, [batch], lab.steps(10, 1))

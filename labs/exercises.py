@@ -29,7 +29,7 @@ import criteria                                 # noqa: E402
 import distill                                  # noqa: E402
 import obert                                    # noqa: E402
 import prune                                    # noqa: E402
-import sparse                                   # noqa: E402
+import sparse_inference                         # noqa: E402
 from schedule import Schedule                   # noqa: E402
 
 
@@ -233,7 +233,7 @@ EXERCISES = {
     "5.2": Exercise("movement's running score, S - w * g after each step", "criteria.py: accumulate_movement",
                     movement_step, movement_cases, largest, 1e-6, run=movement_after),
     "6.1": Exercise("the forward's predicted speed-up when each Linear's time falls from dense to sparse",
-                    "sparse.py: predicted_speedup", sparse.predicted_speedup, profiles, lambda a, b: abs(a - b), 1e-9),
+                    "sparse_inference.py: predicted_speedup", sparse_inference.predicted_speedup, profiles, lambda a, b: abs(a - b), 1e-9),
 }
 
 

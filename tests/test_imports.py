@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONCEPTS = ("model", "data", "prune", "obert", "criteria", "schedule", "distill", "cram", "sparse", "sparse_backprop")
+CONCEPTS = ("model", "data", "prune", "obert", "criteria", "schedule", "distill", "cram", "sparse", "sparse_inference", "sparse_backprop")
 RUN = ("train", "cli", "rundir", "runtime")   # the loop and the three files around it
 TOOLS = ("bench",)                         # measures everything: may import anything but the loop's files
 

@@ -1,6 +1,5 @@
 """sparse.py at inference: PyTorch's CSR path against the dense masked Linear, the routing rule
 (only timed kernels are ever chosen), and `python sparse.py MODEL` on a tiny exported model."""
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 import model as modeling
 import prune
 import sparse
+import sparse_inference
 from conftest import TINY_VOCAB, save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,22 +30,22 @@ def test_csr_linear_equals_the_dense_masked_linear(shape, sparsity, bias, dims):
         linear.weight.mul_(torch.rand(shape, generator=g) >= sparsity)
     x = torch.randn(*((3, 11) if dims == 3 else (13,)), in_f, generator=g)
     want = F.linear(x, linear.weight, linear.bias)
-    sparse.use_csr(linear)
+    sparse_inference.use_csr(linear)
     with torch.no_grad():
         got = linear(x)
     assert linear.kernel == "csr" and got.shape == want.shape
     assert got.is_contiguous()                  # row-major, as what follows the Linear reads it
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
-    sparse.use_dense(linear)
+    sparse_inference.use_dense(linear)
     assert "forward" not in vars(linear) and "csr_weight" not in vars(linear)
 
 
-@pytest.mark.parametrize("kernel", sparse.available_kernels())
+@pytest.mark.parametrize("kernel", sparse_inference.available_kernels())
 def test_every_inference_kernel_returns_row_major_output(kernel):
     """What follows a Linear reads its output row-major; routing times each kernel's layout work."""
     m = one_linear()
     x = torch.randn(2, 7, 64)
-    sparse.use_kernel(m[0], kernel)
+    sparse_inference.use_kernel(m[0], kernel)
     with torch.no_grad():
         y = m(x)
     assert vars(m[0]).get("kernel", "dense") == kernel and y.is_contiguous() and y.shape == (2, 7, 32)
@@ -67,15 +67,15 @@ def test_routing_chooses_only_kernels_it_timed(tmp_path, monkeypatch):
     names = prune.prunable_names(m)
     with torch.no_grad():                                   # one matrix without zeros: timed dense only
         m.get_parameter(names[0]).fill_(0.5)
-    timed, time_forward = {}, sparse.time_forward
+    timed, time_forward = {}, sparse_inference.time_forward
 
     def recorded(linear, x):
         timed.setdefault(id(linear), []).append(vars(linear).get("kernel", "dense"))
         return time_forward(linear, x)
-    monkeypatch.setattr(sparse, "time_forward", recorded)
-    for candidates in (("dense", "csr"), sparse.available_kernels(), ("csr", "dense")):
+    monkeypatch.setattr(sparse_inference, "time_forward", recorded)
+    for candidates in (("dense", "csr"), sparse_inference.available_kernels(), ("csr", "dense")):
         timed.clear()
-        chosen = sparse.route_inference(m, names, 40, candidates, repeats=2)
+        chosen = sparse_inference.route_inference(m, names, 40, candidates, repeats=2)
         for n, p in chosen.items():
             linear = m.get_submodule(n.rsplit(".", 1)[0])
             assert p["kernel"] in timed[id(linear)] and set(p["seconds"]) == set(timed[id(linear)])
@@ -101,7 +101,7 @@ def fake_times(monkeypatch, ms: dict, log: list | None = None):
             log.append(k)
         n = calls[k] = calls.get(k, -1) + 1
         return ms[k][n % len(ms[k])] / 1e3
-    monkeypatch.setattr(sparse, "time_forward", fake)
+    monkeypatch.setattr(sparse_inference, "time_forward", fake)
 
 
 def one_linear(sparsity=0.9):
@@ -120,30 +120,30 @@ def one_linear(sparsity=0.9):
     ({"dense": [50, 10, 10, 10], "csr": [50, 1, 12, 12], "sparseprop": [50, 20, 20, 20]}, "dense"),
 ])
 def test_routing_takes_a_sparse_kernel_only_when_it_beats_dense_by_the_margin(monkeypatch, ms, want):
-    if "sparseprop" not in sparse.available_kernels():
+    if "sparseprop" not in sparse_inference.available_kernels():
         ms = {k: v for k, v in ms.items() if k != "sparseprop"}
         want = "dense" if want == "sparseprop" else want
     fake_times(monkeypatch, ms)
     m = one_linear()
-    p = sparse.route_inference(m, ["0.weight"], 16, tuple(ms), repeats=3)["0.weight"]
+    p = sparse_inference.route_inference(m, ["0.weight"], 16, tuple(ms), repeats=3)["0.weight"]
     assert p["kernel"] == want and vars(m[0]).get("kernel", "dense") == want
     rounds = {k: [v[n % len(v)] for n in range(1, 4)] for k, v in ms.items()}           # after the warm-up
     assert p["seconds"] == {k: sorted(v)[1] / 1e3 for k, v in rounds.items()}            # their medians
 
 
 def test_routing_without_dense_takes_the_fastest_timed():
-    assert sparse.choose_kernel({"csr": 1.0, "sparseprop": 0.99}) == "sparseprop"
-    assert sparse.choose_kernel({"dense": 1.0}) == "dense"
-    assert sparse.choose_kernel({"dense": 1.0, "csr": 0.9}, margin=0.2) == "dense"
+    assert sparse_inference.choose_kernel({"csr": 1.0, "sparseprop": 0.99}) == "sparseprop"
+    assert sparse_inference.choose_kernel({"dense": 1.0}) == "dense"
+    assert sparse_inference.choose_kernel({"dense": 1.0, "csr": 0.9}, margin=0.2) == "dense"
 
 
 def test_routing_times_the_kernels_in_turns_their_order_rotating(monkeypatch):
     log, kernels = [], ("dense", "csr")
     fake_times(monkeypatch, {"dense": [1], "csr": [1]}, log)
     built = []
-    monkeypatch.setattr(sparse, "use_csr", lambda linear, f=sparse.use_csr: (built.append(1), f(linear)))
+    monkeypatch.setattr(sparse_inference, "use_csr", lambda linear, f=sparse_inference.use_csr: (built.append(1), f(linear)))
     m = one_linear()
-    sparse.route_inference(m, ["0.weight"], 16, kernels, repeats=3)
+    sparse_inference.route_inference(m, ["0.weight"], 16, kernels, repeats=3)
     assert log == ["dense", "csr", "csr", "dense", "dense", "csr", "csr", "dense"]     # warm-up round, then 3
     assert len(built) == 1                                      # the CSR copy is built once, not every round
     x = torch.randn(5, 64)
@@ -162,7 +162,7 @@ def test_the_command_times_a_tiny_exported_model_and_prints_every_row(tmp_path):
     assert [l.split(":")[0] for l in lines[:4]] == ["# command", "# commit", "# seed", "# machine"]
     header, *table = [l.split("\t") for l in lines if not l.startswith("#")]
     assert header[:4] == ["model", "encoder sparsity", "batch", "kernels"]
-    kernels = ["dense"] + [f"all {k}" for k in sparse.available_kernels()[1:]] + ["fastest per matrix"]
+    kernels = ["dense"] + [f"all {k}" for k in sparse_inference.available_kernels()[1:]] + ["fastest per matrix"]
     assert [(r[2], r[3]) for r in table] == [(b, k) for b in ("1", "3") for k in kernels]   # 3 dev examples: batch 3
     for r in table:
         assert r[1] == "0.9000" and r[6].endswith("x") and float(r[7]) <= 1e-5       # outputs as dense's

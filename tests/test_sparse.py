@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import cli
 import data
-import sparse
+import sparse_inference
 import sparse_backprop
 import train
 
@@ -35,7 +35,7 @@ def test_sparse_linear_equals_the_dense_masked_linear(shape, sparsity, bias):
     x.grad, linear.weight.grad = None, None
     if bias:
         linear.bias.grad = None
-    sparse.use_sparse(linear, sparse.csr_index(mask))
+    sparse_backprop.use_sparse(linear, sparse_backprop.csr_index(mask))
     y = linear(x)
     y.backward(grad_y)
     for got, ref in zip([y.detach(), x.grad, linear.weight.grad], want):
@@ -43,7 +43,7 @@ def test_sparse_linear_equals_the_dense_masked_linear(shape, sparsity, bias):
     assert (linear.weight.grad[~mask] == 0).all()                               # pruned weights get exactly 0
     if bias:
         assert torch.allclose(linear.bias.grad, want_b, rtol=1e-5, atol=1e-5)
-    sparse.use_dense(linear)
+    sparse_inference.use_dense(linear)
     assert "forward" not in vars(linear)
 
 
@@ -56,7 +56,7 @@ def test_transposed_equals_torch_for_aligned_and_unaligned_inputs(offset):
 def test_csr_index_matches_torch_csr():
     mask = torch.rand(7, 9, generator=torch.Generator().manual_seed(1)) > 0.6
     mask[3] = False                                                             # an empty row
-    idx = sparse.csr_index(mask)
+    idx = sparse_backprop.csr_index(mask)
     with warnings.catch_warnings():          # torch warns "CSR support is in beta" once per process
         warnings.simplefilter("ignore", UserWarning)
         csr = mask.float().to_sparse_csr()
@@ -88,8 +88,8 @@ def test_sparse_backprop_run_equals_the_dense_run(tmp_path, tiny_bert_with_vocab
     The sparse run evaluates through this project's inference kernel, and trains on after it."""
     prefer_sparse(monkeypatch)
     calls, grads, evaluated = [], {"dense": [], "sparse": []}, []
-    tiled_forward = sparse.tiled_forward                                     # evaluation's kernel (>= 80% sparse)
-    monkeypatch.setattr(sparse, "tiled_forward", lambda lin, x: evaluated.append(len(calls)) or tiled_forward(lin, x))
+    tiled_forward = sparse_inference.tiled_forward                                     # evaluation's kernel (>= 80% sparse)
+    monkeypatch.setattr(sparse_inference, "tiled_forward", lambda lin, x: evaluated.append(len(calls)) or tiled_forward(lin, x))
     apply = sparse_backprop.SparseLinearFunction.apply
     monkeypatch.setattr(sparse_backprop.SparseLinearFunction, "apply", lambda *a: calls.append(1) or apply(*a))
     masked_gradients = train.masked_gradients
@@ -129,9 +129,9 @@ def test_sparse_backprop_evaluates_through_the_inference_kernel_and_trains_on_th
     again (that the block restores each Linear's own kernel is test_sparse_kernel.py's)."""
     prefer_sparse(monkeypatch)
     timeline = []
-    apply, tiled_forward = sparse_backprop.SparseLinearFunction.apply, sparse.tiled_forward
+    apply, tiled_forward = sparse_backprop.SparseLinearFunction.apply, sparse_inference.tiled_forward
     monkeypatch.setattr(sparse_backprop.SparseLinearFunction, "apply", lambda *a: timeline.append("train") or apply(*a))
-    monkeypatch.setattr(sparse, "tiled_forward", lambda lin, x: timeline.append("eval") or tiled_forward(lin, x))
+    monkeypatch.setattr(sparse_inference, "tiled_forward", lambda lin, x: timeline.append("eval") or tiled_forward(lin, x))
     train.main(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--data-dir", str(Path(__file__).parent / "fixtures"),
                 "--batch-size", "1", "--epochs", "10", "--sparsity", "0.9", "--init-sparsity", "0.85", "--scope", "layer",
                 "--no-kd", "--sparse-backprop", "--out-dir", str(tmp_path / "run")])
@@ -142,13 +142,13 @@ def test_sparse_backprop_evaluates_through_the_inference_kernel_and_trains_on_th
 
 def test_sparse_backprop_says_before_the_run_when_its_evaluation_kernel_cannot_be_built(tmp_path, tiny_bert_with_vocab,
                                                                                         monkeypatch):
-    monkeypatch.setattr(sparse, "build_tiled_kernel", lambda: (None, "CalledProcessError: no compiler"))
+    monkeypatch.setattr(sparse_inference, "build_tiled_kernel", lambda: (None, "CalledProcessError: no compiler"))
     args = cli.parse_args(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--out-dir", str(tmp_path / "o"),
                            "--sparse-backprop", "--no-kd"])
     cli.resolve(args)
     assert any("evaluates through SparseProp's kernels" in n and "no compiler" in n for n in args.notes)
     monkeypatch.undo()
-    if sparse.build_tiled_kernel()[0] is None:
+    if sparse_inference.build_tiled_kernel()[0] is None:
         pytest.skip("no C++ compiler here: the kernel cannot be built, so the note is right to stay")
     cli.resolve(args := cli.parse_args(["--task", "csqa", "--model", str(tiny_bert_with_vocab), "--out-dir",
                                         str(tmp_path / "o"), "--sparse-backprop", "--no-kd"]))

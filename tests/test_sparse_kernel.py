@@ -1,4 +1,4 @@
-"""This project's sparse kernel (sparse_kernel.cpp, through sparse.py's `use_tiled`) against the dense
+"""This project's sparse kernel (sparse_kernel.cpp, through sparse_inference.py's `use_tiled`) against the dense
 masked product: every shape and sparsity tried here, to 1e-5 in float32."""
 import shutil
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sparse
+import sparse_inference
 
 if shutil.which("c++") is None and shutil.which("g++") is None:            # no compiler: nothing to build
     pytest.skip("sparse_kernel.cpp needs a C++ compiler", allow_module_level=True)
@@ -38,7 +38,7 @@ def test_the_kernel_equals_the_dense_masked_product(shape, sparsity, tokens, bia
     linear = pruned_linear(*shape, sparsity, bias)
     x = torch.randn(*tokens, shape[1], generator=torch.Generator().manual_seed(1))
     want = F.linear(x, linear.weight, linear.bias)
-    sparse.use_kernel(linear, "tiled")
+    sparse_inference.use_kernel(linear, "tiled")
     with torch.no_grad():
         got = linear(x)
     assert vars(linear)["kernel"] == "tiled" and got.shape == want.shape and got.is_contiguous()
@@ -51,7 +51,7 @@ def test_empty_rows_give_the_bias_and_every_tile_width_is_exact():
     linear = pruned_linear(50, 40, 0.7, empty_rows=(0, 7, 49))
     x = torch.randn(130, 40, generator=torch.Generator().manual_seed(2))
     want = F.linear(x, linear.weight, linear.bias)
-    sparse.use_kernel(linear, "tiled")
+    sparse_inference.use_kernel(linear, "tiled")
     with torch.no_grad():
         for T in list(range(1, 50)) + [63, 64, 65, 96, 97, 130]:
             got = linear(x[:T])
@@ -61,13 +61,13 @@ def test_empty_rows_give_the_bias_and_every_tile_width_is_exact():
 
 def test_the_kernel_uses_the_weights_it_was_given_and_refuses_to_train():
     linear = pruned_linear(16, 24, 0.5)
-    sparse.use_kernel(linear, "tiled")
+    sparse_inference.use_kernel(linear, "tiled")
     x = torch.randn(4, 24)
     with pytest.raises(RuntimeError, match="inference only"):
         linear(x)                                       # autograd would need a backward it does not have
     with torch.no_grad():
         y = linear(x)
-    sparse.use_dense(linear)
+    sparse_inference.use_dense(linear)
     assert "forward" not in vars(linear) and "tiled_values" not in vars(linear)
     with torch.no_grad():
         assert torch.allclose(linear(x), y, atol=1e-6)
@@ -77,8 +77,8 @@ def test_the_kernel_refuses_an_index_or_bias_that_does_not_fit():
     """Called by hand (a student's experiment) with pieces that do not belong together, the kernel
     stops with a sentence instead of reading past a buffer."""
     linear = pruned_linear(8, 16, 0.5)
-    sparse.use_kernel(linear, "tiled")
-    x, k = torch.randn(4, 16), sparse.tiled_kernel()
+    sparse_inference.use_kernel(linear, "tiled")
+    x, k = torch.randn(4, 16), sparse_inference.tiled_kernel()
     with pytest.raises(RuntimeError, match="the bias must be empty"):
         k.forward(x, linear.csr.indptr, linear.csr.indices, linear.tiled_values, torch.zeros(7))
     with pytest.raises(RuntimeError, match="one column index per value"):
@@ -88,8 +88,8 @@ def test_the_kernel_refuses_an_index_or_bias_that_does_not_fit():
 
 
 def test_predicted_speedup_is_amdahls_law():
-    assert sparse.predicted_speedup(10.0, [6.0, 2.0], [1.0, 1.0]) == pytest.approx(10.0 / 4.0)
-    assert sparse.predicted_speedup(5.0, [], []) == 1.0
+    assert sparse_inference.predicted_speedup(10.0, [6.0, 2.0], [1.0, 1.0]) == pytest.approx(10.0 / 4.0)
+    assert sparse_inference.predicted_speedup(5.0, [], []) == 1.0
 
 
 def test_inference_kernels_route_the_sparse_linears_for_the_block_and_restore_theirs(monkeypatch):
@@ -105,11 +105,11 @@ def test_inference_kernels_route_the_sparse_linears_for_the_block_and_restore_th
     x = torch.randn(3, 7, 30, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         want = model(x)
-        with sparse.inference_kernels(model, 0.8):
+        with sparse_inference.inference_kernels(model, 0.8):
             assert [vars(m).get("kernel") for m in (sparse_one, dense_one, edge)] == ["tiled", None, "tiled"]
             assert torch.allclose(model(x), want, rtol=1e-5, atol=1e-5)
         assert all("kernel" not in vars(m) and "forward" not in vars(m) for m in (sparse_one, dense_one, edge))
         assert torch.equal(model(x), want)
-        monkeypatch.setattr(sparse, "build_tiled_kernel", lambda: (None, "no compiler"))
-        with sparse.inference_kernels(model, 0.8):
+        monkeypatch.setattr(sparse_inference, "build_tiled_kernel", lambda: (None, "no compiler"))
+        with sparse_inference.inference_kernels(model, 0.8):
             assert all("kernel" not in vars(m) for m in (sparse_one, dense_one, edge))
