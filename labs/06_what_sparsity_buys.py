@@ -98,8 +98,8 @@ with common.figure(lab, "06_one_linear", 9, 3.5) as plt:
 # ## 3. The whole model: how much of the forward are the Linears?
 #
 # The teacher pruned to 90% in one shot (its accuracy does not matter for the time). A profile: each
-# Linear's time alone, dense and through the fastest kernel for it (`sparse_inference.route_inference`), and the
-# whole forward of a batch of 32 sentences.
+# Linear's time alone, dense and through the fastest kernel for it
+# (`sparse_inference.route_inference`), and the whole forward of a batch of 32 sentences.
 
 # %% [markdown]
 # ### Exercise 6.1: the forward's predicted speed-up
